@@ -1,0 +1,53 @@
+"""The ``dvae`` command.
+
+``dvae --help`` lists the subcommands. Each subcommand is a thin layer over a
+package function; errors the package raises on purpose (:class:`DVAEError`)
+become one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import DVAEError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dvae",
+        description=(
+            "Discretized VAEs for lossy image compression: datasets, training, "
+            "and a codec that writes real files."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"dvae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_data_parser(sub)
+    return parser
+
+
+def _add_data_parser(sub) -> None:
+    from . import data
+
+    data.add_cli_parser(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DVAEError as err:
+        print(f"dvae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dvae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
