@@ -1,0 +1,125 @@
+"""Structure of the book: table of contents, chapter conventions, citations.
+
+These tests read the files (they do not execute notebooks; nbval does that).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The first code cell of every chapter, verbatim: installs the package in Colab,
+#: does nothing where it is already importable.
+SETUP_CELL = """\
+# Setup: in Colab this installs the book's package; locally it does nothing.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("dvae_tutorial") is None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q",
+         "dvae-tutorial @ git+https://github.com/dvae-tutorial/dvae-tutorial"],
+        check=True,
+    )"""
+
+
+def _toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        files += [c["file"] for c in part["chapters"]]
+    return files
+
+
+def _resolve(entry: str) -> Path:
+    for suffix in (".ipynb", ".md"):
+        path = ROOT / f"{entry}{suffix}"
+        if path.exists():
+            return path
+    raise FileNotFoundError(entry)
+
+
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def _cells(nb: Path) -> list[dict]:
+    return json.loads(nb.read_text())["cells"]
+
+
+def _text(cell: dict) -> str:
+    src = cell["source"]
+    return src if isinstance(src, str) else "".join(src)
+
+
+def test_every_toc_entry_exists_and_every_chapter_is_listed():
+    files = [_resolve(entry) for entry in _toc_files()]
+    assert len(set(files)) == len(files), "a page is listed twice in _toc.yml"
+    for nb in NOTEBOOKS:
+        assert nb in files, f"{nb.name} is not in _toc.yml"
+
+
+def test_config_has_colab_button_math_bibliography_and_no_intersphinx():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["launch_buttons"]["colab_url"].startswith("https://colab")
+    assert config["repository"]["branch"] == "main"
+    assert "path_to_book" in config["repository"]
+    assert {"amsmath", "dollarmath"} <= set(config["parse"]["myst_enable_extensions"])
+    for bib in config["bibtex_bibfiles"]:
+        assert (ROOT / bib).exists()
+    assert "intersphinx" not in (ROOT / "_config.yml").read_text()
+    assert config["execute"]["execute_notebooks"] in {"force", "cache"}
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_conventions(nb: Path):
+    cells = _cells(nb)
+    first = _text(cells[0])
+    assert cells[0]["cell_type"] == "markdown" and first.startswith("# Chapter")
+    assert "## Learning objectives" in first
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert _text(code[0]).strip() == SETUP_CELL, "first code cell is not the setup cell"
+    markdown = "\n".join(_text(c) for c in cells if c["cell_type"] == "markdown")
+    assert "## Summary" in markdown and "## Exercises" in markdown
+    exercises = markdown.split("## Exercises", 1)[1]
+    assert exercises.count(":class: dropdown") >= 2, "exercise solutions must be hidden"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_is_committed_executed_without_errors(nb: Path):
+    code = [c for c in _cells(nb) if c["cell_type"] == "code" and _text(c).strip()]
+    assert all(c.get("execution_count") for c in code), "not every cell was executed"
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure"
+
+
+def test_every_citation_is_in_the_bibliography():
+    keys = set(re.findall(r"@\w+\{([^,]+),", (ROOT / "references.bib").read_text()))
+    pages = [*NOTEBOOKS, *(ROOT / "book").glob("*.md")]
+    cited = set()
+    for page in pages:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", page.read_text()):
+            cited |= {k.strip() for k in group.split(",")}
+    assert cited, "no citations found"
+    assert cited <= keys, f"unknown keys: {sorted(cited - keys)}"
+
+
+def test_preface_has_the_notation_table():
+    preface = (ROOT / "book" / "preface.md").read_text()
+    assert "## Notation" in preface
+    for seed, book in [("$Y$", "$x$"), ("$X$", "$y$")]:
+        assert re.search(rf"\| {re.escape(seed)} \| {re.escape(book)} \|", preface)
+
+
+def test_ci_script_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"<!-- test-command -->\s*```(?:bash)?\n(.+?)\n```", readme, re.S)
+    assert command, "README must mark its test command"
+    assert command.group(1).strip() in (ROOT / ".ci" / "run").read_text()
