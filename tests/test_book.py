@@ -118,8 +118,9 @@ def test_preface_has_the_notation_table():
         assert re.search(rf"\| {re.escape(seed)} \| {re.escape(book)} \|", preface)
 
 
-def test_ci_script_runs_the_readme_test_command():
+@pytest.mark.parametrize("which", ["test-command", "book-command"])
+def test_ci_script_runs_the_readme_commands(which: str):
     readme = (ROOT / "README.md").read_text()
-    command = re.search(r"<!-- test-command -->\s*```(?:bash)?\n(.+?)\n```", readme, re.S)
-    assert command, "README must mark its test command"
+    command = re.search(rf"<!-- {which} -->\s*```(?:bash)?\n(.+?)\n```", readme, re.S)
+    assert command, f"README must mark its {which}"
     assert command.group(1).strip() in (ROOT / ".ci" / "run").read_text()
