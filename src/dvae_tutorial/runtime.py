@@ -12,13 +12,19 @@ import random
 import numpy as np
 
 
+def env_flag(name: str) -> bool:
+    """True when environment variable ``name`` is set to anything but
+    empty, ``0``, ``false`` or ``no`` (case-insensitive)."""
+    return os.environ.get(name, "").strip().lower() not in {"", "0", "false", "no"}
+
+
 def in_ci() -> bool:
     """True when the environment variable ``CI`` is set to a true-ish value.
 
     CI mode shrinks the work a notebook does (training steps, image counts);
     it never switches to a different code path.
     """
-    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+    return env_flag("CI")
 
 
 def pick(full, ci):

@@ -1,0 +1,174 @@
+"""Image files as arrays, hashes and tensors; a dataset of random training patches.
+
+Backs the data section of the chapter *A discretized VAE codec*; re-exported by
+:mod:`dvae_tutorial.data`, which finds the files. As in Ballé et al. (2018),
+models train on random square crops of photos; a 64×64 patch suits shallow
+models, deeper ones need larger crops (see the book's note on patch size).
+
+torch and torchvision are imported only when a tensor is made, so that the
+``dvae`` command starts quickly.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+#: File suffixes read as images (compared in lower case).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB: a writable uint8 array of shape (H, W, 3).
+
+    Grayscale, palette and RGBA files go through Pillow's ``convert("RGB")``
+    (gray is copied to all three channels; alpha is dropped, not composited).
+
+    Raises:
+        DataError: the file is missing, corrupt or not an image (names it).
+    """
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def to_tensor01(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) array → float32 tensor (3, H, W): $x = \\text{image} / 255$.
+
+    The result lies in [0, 1], the range on which the book measures MSE.
+
+    See: *A discretized VAE codec* (data section).
+    """
+    import torch
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"expected a uint8 (H, W, 3) image, got {image.dtype} "
+                        f"{image.shape}; read files with load_image()")
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).div(255.0)
+
+
+def image_files(root: str | os.PathLike) -> list[Path]:
+    """All images under ``root``: recursive, suffixes in :data:`IMAGE_SUFFIXES`
+    in any case, sorted by relative POSIX path (the same order everywhere).
+
+    Raises:
+        DataError: ``root`` does not exist or holds no image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    files = [p for p in root.rglob("*")
+             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not files:
+        raise DataError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256_at(path: str, stamp: tuple[int, ...], pixels: bool) -> str:
+    data = load_image(path).tobytes() if pixels else Path(path).read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, pixels: bool = False) -> str:
+    """Hex sha256 of a file's bytes, or with ``pixels=True`` of its decoded
+    pixels ``load_image(path).tobytes()`` (independent of the file format).
+
+    Memoised per process on (resolved path, size, mtime, ctime, inode): a file
+    is hashed once, and again whenever it changes. (A same-size rewrite within
+    the filesystem's timestamp tick would be missed; nothing here does that.)
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return _sha256_at(str(path), stamp, pixels)
+
+
+def _transforms():
+    """torchvision's transforms module: v2 where it exists (torchvision ≥ 0.15)."""
+    try:
+        from torchvision.transforms import v2 as transforms
+    except ImportError:  # pragma: no cover - older torchvision
+        from torchvision import transforms
+    return transforms
+
+
+class PatchDataset:
+    """Random square patches of photos, for ``torch.utils.data.DataLoader``.
+
+    Item ``i`` is a fresh random ``patch_size``² crop of image
+    ``i // patches_per_image``: a float32 tensor (3, P, P) in [0, 1], flipped
+    left–right with probability 1/2 (and upside down too if ``vflip``; off by
+    default: photos have an up and a down). Randomness comes from torch's
+    generator, so ``torch.manual_seed`` repeats a run.
+
+    An image whose short side is below P is first resized up (bilinear) to a
+    short side of P: every patch pixel is then real, if interpolated, content;
+    reflection padding would show the model mirror symmetries photos lack.
+
+    Args:
+        root_or_paths: a folder (searched with :func:`image_files`) or paths.
+        patch_size: P, the patch side in pixels.
+        patches_per_image: patches drawn from each image per epoch; the
+            dataset's length is ``len(paths) * patches_per_image``.
+        vflip: also flip upside down with probability 1/2.
+        in_memory: keep each decoded image (uint8) after first use, so an
+            image is decoded once; COCO-128 needs ≈ 120 MB per worker.
+
+    Raises:
+        DataError: no images, or (when an item is read) a corrupt file.
+
+    See: *A discretized VAE codec* (data section).
+    """
+
+    def __init__(self, root_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
+                 patch_size: int = 64, patches_per_image: int = 1,
+                 vflip: bool = False, in_memory: bool = False) -> None:
+        if isinstance(root_or_paths, str | os.PathLike):
+            self.paths = image_files(root_or_paths)
+        else:
+            self.paths = [Path(p) for p in root_or_paths]
+        if not self.paths:
+            raise DataError("PatchDataset got an empty list of images")
+        if patch_size < 1 or patches_per_image < 1:
+            raise ValueError("patch_size and patches_per_image must be ≥ 1, got "
+                             f"{patch_size} and {patches_per_image}")
+        self.patch_size, self.patches_per_image = patch_size, patches_per_image
+        tf = _transforms()
+        flips = [tf.RandomHorizontalFlip()]
+        if vflip:
+            flips.append(tf.RandomVerticalFlip())
+        self._augment = tf.Compose([tf.RandomCrop(patch_size), *flips])
+        self._grow = tf.Resize(patch_size)
+        self._decoded: dict[int, np.ndarray] | None = {} if in_memory else None
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.patches_per_image
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import torch
+
+        k = index // self.patches_per_image
+        path = self.paths[k]  # IndexError ends iteration past the last item
+        if self._decoded is None:
+            image = load_image(path)
+        elif (image := self._decoded.get(k)) is None:
+            image = self._decoded[k] = load_image(path)
+        x = torch.from_numpy(image).permute(2, 0, 1)  # uint8 (3, H, W)
+        if min(x.shape[-2:]) < self.patch_size:
+            x = self._grow(x)
+        return self._augment(x).float().div_(255.0)
