@@ -1,0 +1,69 @@
+"""Metrics, the JPEG baseline and the BD-rate: oracles and golden numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dvae_tutorial.evaluation import bd_rate, jpeg_curve, jpeg_point
+from dvae_tutorial.metrics import bpp, mse_8bit, psnr_8bit, to_uint8
+
+
+def test_psnr_matches_the_definition():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, size=(16, 24, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.choice([-3, 3], size=a.shape), 0, 255).astype(np.uint8)
+    mse = np.mean((a.astype(float) - b) ** 2)
+    assert mse_8bit(a, b) == pytest.approx(mse)
+    assert psnr_8bit(a, b) == pytest.approx(10 * math.log10(255**2 / mse))
+    assert psnr_8bit(a, a) == math.inf
+
+
+def test_to_uint8_accepts_float_chw_and_clips():
+    x = np.full((3, 2, 5), 0.5)
+    x[0, 0, 0] = 1.7
+    out = to_uint8(x)
+    assert out.shape == (2, 5, 3) and out.dtype == np.uint8
+    assert out[0, 0, 0] == 255 and out[1, 1, 1] == 128
+
+
+def test_bpp_is_per_pixel():
+    assert bpp(768 * 512 * 8, 512, 768) == 8.0
+
+
+def test_bd_rate_of_a_constant_rate_ratio_is_that_ratio():
+    psnr = np.array([26.0, 29.0, 32.0, 35.0, 38.0])
+    rate = 0.05 * np.exp(0.17 * psnr) + 0.01 * psnr
+    assert bd_rate(rate, psnr, 0.8 * rate, psnr) == pytest.approx(-20.0, abs=1e-9)
+    assert bd_rate(rate, psnr, 1.25 * rate, psnr + 0.0) == pytest.approx(25.0, abs=1e-9)
+    assert bd_rate(rate, psnr, rate, psnr) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bd_rate_uses_only_the_overlapping_psnr_range():
+    psnr = np.linspace(25, 40, 6)
+    rate = np.exp(0.2 * psnr - 6)
+    shifted = psnr + 1.0  # same curve, 1 dB better everywhere
+    expected = (math.exp(-0.2) - 1) * 100  # log-rate linear in PSNR, slope 0.2
+    assert bd_rate(rate, psnr, rate, shifted) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="share no PSNR range"):
+        bd_rate(rate, psnr, rate, psnr + 30)
+    with pytest.raises(ValueError, match="at least 4"):
+        bd_rate(rate[:3], psnr[:3], rate, psnr)
+
+
+def test_jpeg_point_counts_real_bytes_and_gets_better_with_quality():
+    rng = np.random.default_rng(1)
+    image = (rng.random((64, 96, 3)) * 255).astype(np.uint8)
+    low, high = jpeg_point(image, 10), jpeg_point(image, 90)
+    assert low.bpp == pytest.approx(8 * low.nbytes / (64 * 96))
+    assert high.nbytes > low.nbytes and high.psnr > low.psnr
+
+
+def test_jpeg_on_kodak_matches_the_numbers_measured_for_the_guide(kodak):
+    # Golden numbers measured independently on this project's machines (GUIDE
+    # section 7): Pillow defaults (4:2:0), mean over the 24 Kodak images.
+    curve = jpeg_curve(kodak, qualities=(5, 20, 60, 90))
+    assert curve["bpp"] == pytest.approx([0.221, 0.508, 1.037, 2.346], abs=6e-4)
+    assert curve["psnr"] == pytest.approx([23.85, 29.14, 32.91, 38.03], abs=6e-3)
