@@ -7,6 +7,7 @@ Each helper takes an optional ``ax`` and returns it.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 #: One palette for the whole book (colour-blind safe, Okabe–Ito).
 COLORS = {
@@ -17,6 +18,14 @@ COLORS = {
     "accent": "#CC79A7",
     "muted": "#999999",
 }
+
+
+def _finish(ax, title=None):
+    """Add the legend (small font) and an optional title; return ``ax``."""
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
 
 
 def new_axes(ax=None, figsize=(5.0, 3.6)):
@@ -170,8 +179,6 @@ def plot_pmfs(k, pmfs, labels, *, densities=None, ax=None, title=None):
 
     See: *Discretized priors and entropy coding*.
     """
-    import numpy as np
-
     ax = new_axes(ax)
     colors = [COLORS["model"], COLORS["jpeg"], COLORS["alt"], COLORS["accent"]]
     width = 0.8 / len(pmfs)
@@ -184,10 +191,7 @@ def plot_pmfs(k, pmfs, labels, *, densities=None, ax=None, title=None):
             ax.plot(x, dens, "--", color=color, lw=1.2)
     ax.set_xlabel("symbol $k$ (integer)")
     ax.set_ylabel(r"probability $\hat p(k)$")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title)
 
 
 def plot_bits_vs_distance(distance, curves, *, ax=None, title=None):
@@ -201,8 +205,6 @@ def plot_bits_vs_distance(distance, curves, *, ax=None, title=None):
 
     See: *Discretized priors and entropy coding* (tail-stable log-mass).
     """
-    import numpy as np
-
     ax = new_axes(ax)
     palette = [COLORS["bound"], COLORS["jpeg"], COLORS["model"], COLORS["alt"]]
     finite_max = max(
@@ -231,10 +233,7 @@ def plot_bits_vs_distance(distance, curves, *, ax=None, title=None):
     ax.set_yscale("log")
     ax.set_xlabel(r"distance from the mean $|k - \mu| / \sigma$")
     ax.set_ylabel(r"code length $-\log_2 \hat p(k)$ [bits]")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title)
 
 
 def plot_entropy_vs_scale(scales, entropy, high_rate, *, ax=None, title=None):
@@ -261,10 +260,7 @@ def plot_entropy_vs_scale(scales, entropy, high_rate, *, ax=None, title=None):
     ax.set_xscale("log")
     ax.set_xlabel(r"prior scale $\sigma$ (latent units)")
     ax.set_ylabel("bits per symbol")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title)
 
 
 def plot_coder_speeds(names, encode_msym_s, decode_msym_s, *, ax=None, title=None):
@@ -272,8 +268,6 @@ def plot_coder_speeds(names, encode_msym_s, decode_msym_s, *, ax=None, title=Non
 
     See: *Discretized priors and entropy coding* (the production coder).
     """
-    import numpy as np
-
     ax = new_axes(ax)
     x = np.arange(len(names))
     for shift, values, color, label in [
@@ -284,10 +278,7 @@ def plot_coder_speeds(names, encode_msym_s, decode_msym_s, *, ax=None, title=Non
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xticks(x, names)
     ax.set_ylabel("speed [million symbols / s]")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title)
 
 
 def plot_model_vs_sample(k, pmf, counts, *, ax=None, title=None):
@@ -300,8 +291,6 @@ def plot_model_vs_sample(k, pmf, counts, *, ax=None, title=None):
 
     See: *Discretized priors and entropy coding* (interactive).
     """
-    import numpy as np
-
     ax = new_axes(ax)
     ax.bar(
         k, pmf, width=0.8, color=COLORS["model"], alpha=0.8, label="model $\\hat p(k)$"
@@ -333,8 +322,6 @@ def plot_water_filling(variances, theta, *, ax=None, title=None):
 
     See: *Free energy and rate–distortion* (reverse water-filling).
     """
-    import numpy as np
-
     ax = new_axes(ax)
     var = np.asarray(variances, dtype=float)
     d = np.minimum(theta, var)
@@ -392,10 +379,7 @@ def plot_rate_distortion(curves, points=None, *, point_labels=None, ax=None,
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title)
 
 
 def plot_rd_gap(rates, gaps, references, *, ax=None, title=None):
@@ -418,7 +402,4 @@ def plot_rd_gap(rates, gaps, references, *, ax=None, title=None):
     ax.axhline(0.0, color=COLORS["bound"], lw=1.0, label="$R(D)$ bound")
     ax.set_xlabel("operational rate $R$ (bits per sample)")
     ax.set_ylabel("gap to $R(D)$ (bits per sample)")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, title)
