@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_data_parser(sub)
+    _add_train_parser(sub)
     return parser
 
 
@@ -34,6 +35,12 @@ def _add_data_parser(sub) -> None:
     from . import data
 
     data.add_cli_parser(sub)
+
+
+def _add_train_parser(sub) -> None:
+    from . import train_cli
+
+    train_cli.add_train_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,99 @@
+"""Checkpoints: what a trained model is stored as, and how it was made.
+
+Backs *A discretized VAE codec* (shipped checkpoints). A checkpoint is a dict
+of tensors and plain Python values (``torch.load(weights_only=True)`` reads
+it, no pickle of code): the configs as dicts, the weights, the EMA weights,
+the optimizer and RNG states (full checkpoints, resumable by
+:func:`~dvae_tutorial.training.fit`), and the *recipe* — data, steps, device,
+wall time, git commit — that a results table or model card needs. Shipped
+files keep only the EMA weights in float16.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .configs import ModelConfig, TrainConfig
+from .errors import DVAEError
+from .single_layer_vae import SingleLayerVAE
+
+#: Version of the checkpoint dict's layout (bump when keys change meaning).
+CHECKPOINT_VERSION = 1
+#: Keys a shipped (fp16, EMA-only) checkpoint keeps; it cannot be resumed.
+SHIPPED_KEYS = ("version", "model_config", "train_config", "step", "history", "recipe")
+
+
+def make_recipe(cfg: TrainConfig, train_data, val_data, val_root, device) -> dict:
+    """How the model was made: what a results table or model card needs."""
+    paths = [str(p) for p in getattr(train_data, "paths", [])]
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, cwd=Path(__file__).parent)
+        commit = git.stdout.strip() if git.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "lmbda": cfg.lmbda, "steps": cfg.steps, "batch_size": cfg.batch_size,
+        "patch_size": cfg.patch_size,
+        "train_data": os.path.commonpath(paths) if paths else type(train_data).__name__,
+        "train_images": len(paths) if paths else len(train_data),
+        "val_data": val_root, "val_images": 0 if val_data is None else len(val_data),
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu {platform.machine()}, {torch.get_num_threads()} threads"),
+        "torch_version": str(torch.__version__), "package_version": __version__,
+        "git_commit": commit,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict,
+                    fp16: bool = False) -> Path:
+    """Write a checkpoint dict atomically (a temporary file, then a rename).
+
+    With ``fp16=True`` only :data:`SHIPPED_KEYS` and the EMA weights in
+    float16 are kept: a small file to ship, which :func:`load_model` reads
+    but :func:`fit` cannot resume. See: *A discretized VAE codec* (shipped
+    checkpoints).
+    """
+    path = Path(path)
+    if fp16:
+        ema = {k: v.half() if v.is_floating_point() else v
+               for k, v in checkpoint["ema"].items()}
+        checkpoint = {**{k: checkpoint[k] for k in SHIPPED_KEYS}, "ema": ema}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike,
+                    map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint dict (tensors and plain values only)."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DVAEError(f"no checkpoint at {path}") from None
+    except Exception as err:  # torch reports bad files in many ways
+        raise DVAEError(f"{path} is not a readable checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        raise DVAEError(f"{path} is not a dvae-tutorial checkpoint of version "
+                        f"{CHECKPOINT_VERSION}")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike,
+               map_location: str | torch.device = "cpu") -> SingleLayerVAE:
+    """The model of a checkpoint's config with its EMA weights (float32, eval mode)."""
+    ckpt = load_checkpoint(path, map_location)
+    model = SingleLayerVAE(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in ckpt["ema"].items()})
+    return model.to(map_location).eval()

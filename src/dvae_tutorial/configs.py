@@ -1,0 +1,164 @@
+"""Model and training configurations: frozen dataclasses and named presets.
+
+Backs the chapter *A discretized VAE codec* (the model and how it is
+trained). The architectures follow Ballé et al. (2018)
+[balle2018variational] (factorized and hyperprior models) and Minnen et al.
+(2018) [minnen2018joint] (the mean–scale hyperprior); the loss is the book's
+free energy ``bpp + lmbda * mse``.
+
+A config is plain data: it is stored in every checkpoint as a dict
+(:func:`dataclasses.asdict`) and rebuilt with ``ModelConfig(**d)``.
+
+**Patch size vs depth.** A model sees ``patch_size / stride`` latent
+positions per side while training. The hyperprior model's total stride is 64,
+so on 64×64 patches its hyper-latent ``z`` is a single position per patch:
+it never learns interior statistics, and its rate on large images blows up
+(measured: 0.51 bpp on a 64×64 crop, 2.1 bpp on a 512×512 crop of the same
+image). Hyperprior presets therefore train on 256×256 patches (``z`` 4×4, as
+in Ballé et al. 2018 and Minnen et al. 2018); the factorized model
+(stride 16, no spatial context in its prior) is fine on 128×128.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Downsampling factor of the analysis transform: four stride-2 convolutions.
+LATENT_STRIDE = 16
+#: The hyper-analysis adds two more stride-2 convolutions: 16 * 4.
+HYPER_STRIDE = 64
+#: 255**2: ``lmbda`` for MSE on [0, 1] equals ``lmbda / 255**2`` for MSE on the
+#: 0–255 scale; e.g. 845 here is CompressAI's λ = 0.013 (their ``λ·255²·mse``).
+MSE_SCALE_8BIT = 255.0**2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of :class:`~dvae_tutorial.single_layer_vae.SingleLayerVAE`.
+
+    The defaults are the :data:`BOOK` model's; the recipe defaults of
+    :class:`TrainConfig` are its recipe.
+
+    Attributes:
+        channels: N, channels of the hidden layers of the transforms.
+        latent_channels: M, channels of the latent ``y`` (H/16 × W/16).
+        hyperprior: add the mean–scale hyperprior (``z`` at H/64 × W/64 with
+            ``hyper_channels`` channels predicts each element's mean and scale);
+            without it the prior of ``y`` is one learned Gaussian per channel.
+        hyper_channels: channels of ``z`` and of the hyper transforms.
+        gdn: GDN/IGDN nonlinearities between the strided convolutions (Ballé et
+            al. 2017); ``False`` puts a residual block there instead.
+    """
+
+    channels: int = 64
+    latent_channels: int = 96
+    hyperprior: bool = True
+    hyper_channels: int = 64
+    gdn: bool = True
+
+    @property
+    def stride(self) -> int:
+        """Input sides must be multiples of this (the model pads to it)."""
+        return HYPER_STRIDE if self.hyperprior else LATENT_STRIDE
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How :func:`~dvae_tutorial.training.fit` trains a model.
+
+    The loss per image is ``bpp + lmbda * mse`` with ``bpp`` bits per pixel
+    (estimated with uniform noise) and ``mse`` on images in [0, 1]; on the
+    0–255 scale the same trade-off is ``lmbda / 255**2`` per unit of MSE.
+
+    Attributes:
+        lmbda: λ, weight of the distortion (MSE on [0, 1]).
+        steps: optimizer steps (skipped steps count).
+        batch_size: patches per step.
+        patch_size: side of the random square training crops, a multiple of
+            the model's stride (see the module note on patch size vs depth).
+        lr: Adam learning rate after the warm-up, until the final decay.
+        warmup_steps: the learning rate rises linearly from ``lr / warmup_steps``
+            to ``lr`` over these first steps: Adam's first updates move every
+            weight by about ``lr`` whatever its gradient, which at 1e-3 throws a
+            fresh GDN model's outputs far outside [0, 1].
+        lr_decay_fraction: final fraction of the steps trained at
+            ``lr * lr_decay``.
+        lr_decay: factor of the final learning-rate drop.
+        grad_clip: gradients are clipped to this global L2 norm.
+        grad_skip: a step whose gradient norm (before clipping) exceeds this,
+            or whose loss is NaN/inf, is skipped and counted. Measured norms at
+            λ = 845 are 50–2000 (they grow about in proportion to λ), so 1e5 only
+            catches blow-ups; a long run of skips stops training with an error.
+        ema_decay: decay of the exponential moving average of the weights
+            (validated and shipped), with warm-up ``min(decay, (1+t)/(10+t))``.
+        val_every: validate the EMA weights every this many steps (and at the
+            end); checkpoints are written at the same steps.
+        val_crop: side of the validation photos' centre crops.
+        val_images: number of validation photos (spread over the folder).
+        log_every: steps per row of the training history (means over them).
+        seed: seeds weights, patch choice, crops and noise.
+    """
+
+    lmbda: float = 845.0
+    steps: int = 8_000
+    batch_size: int = 8
+    patch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    lr_decay_fraction: float = 0.15
+    lr_decay: float = 0.1
+    grad_clip: float = 1.0
+    grad_skip: float = 1e5
+    ema_decay: float = 0.999
+    val_every: int = 1000
+    val_crop: int = 256
+    val_images: int = 16
+    log_every: int = 100
+    seed: int = 0
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based): warm-up, flat, drop."""
+        decay_start = round(self.steps * (1.0 - self.lr_decay_fraction))
+        warmup = min(1.0, (step + 1) / max(self.warmup_steps, 1))
+        return self.lr * warmup * (self.lr_decay if step >= decay_start else 1.0)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named pair of model and training configs."""
+
+    model: ModelConfig
+    train: TrainConfig
+
+
+#: For tests and CI: 112 k parameters, a step takes ~20 ms on a CPU core. Its
+#: 64×64 patches give a 1×1 ``z``: fine for exercising code, not for rates.
+TINY = Preset(
+    ModelConfig(channels=16, latent_channels=24, hyperprior=True, hyper_channels=16),
+    TrainConfig(steps=200, batch_size=4, patch_size=64, lr=1e-3, warmup_steps=10,
+                val_every=100, val_crop=64, val_images=4, log_every=10),
+)
+
+#: The model the book ships: a mean–scale hyperprior (Minnen et al. 2018
+#: without the context model) at N = 64, M = 96, hyper N = 64: 1.76 M
+#: parameters (N = 128, M = 192 has 7.0 M and 4× the compute). Trained on
+#: 8 patches of 256×256 (``z`` 4×4, see the module note) per step, measured
+#: at 1.4–1.5 s/step on 2 CPU cores: 8 000 steps ≈ 3–3.5 h; a GPU does them
+#: in minutes and can afford ``--steps 100000``.
+BOOK = Preset(
+    ModelConfig(channels=64, latent_channels=96, hyperprior=True, hyper_channels=64),
+    TrainConfig(steps=8_000, batch_size=8, patch_size=256, lr=1e-3),
+)
+
+#: The seed's standard model and recipe: GDN transforms and one learned
+#: Gaussian per latent channel, N = 64, M = 96 (0.75 M parameters), batch 16
+#: of 64×64 patches, Adam 1e-3 then 1e-4 for the last 15 %. Stride 16 and no
+#: spatial context in the prior, so small patches are fine (measured: the same
+#: rate, 0.53–0.56 bpp, on 64² to 512² Kodak crops). 6–9 steps/s on 2 CPU
+#: cores: 30 000 steps ≈ 1–1.4 h.
+FACTORIZED = Preset(
+    ModelConfig(channels=64, latent_channels=96, hyperprior=False),
+    TrainConfig(steps=30_000, batch_size=16, patch_size=64, lr=1e-3),
+)
+#: Presets by the name ``dvae train --preset`` takes.
+PRESETS: dict[str, Preset] = {"tiny": TINY, "book": BOOK, "factorized": FACTORIZED}

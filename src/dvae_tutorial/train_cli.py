@@ -1,0 +1,107 @@
+"""The ``dvae train`` command: train a preset on a folder of photos.
+
+A thin layer over :func:`dvae_tutorial.training.fit` (backs the book's
+appendix on the ``dvae`` command and the training section of *A discretized
+VAE codec*). torch is imported only when the command runs, so ``dvae --help``
+stays fast; the package's errors become one line on stderr in :mod:`.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .configs import PRESETS
+from .errors import DataError, DVAEError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _cli_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import load_checkpoint, save_checkpoint
+    from .data import PatchDataset, train_dir, val_dir
+    from .runtime import default_device, seed_everything
+    from .single_layer_vae import SingleLayerVAE
+    from .training import fit
+
+    preset = PRESETS[args.preset]
+    overrides = {"lmbda": args.lmbda, "steps": args.steps, "batch_size": args.batch,
+                 "patch_size": args.patch, "seed": args.seed}
+    cfg = replace(preset.train, **{k: v for k, v in overrides.items() if v is not None})
+    out = Path(args.out)
+    if out.exists() and not args.resume:
+        raise DVAEError(f"{out} exists; pass --resume to continue that run, or "
+                        "choose another --out")
+    device = args.device or default_device()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DVAEError("--device cuda was asked for, but torch sees no GPU")
+    train_root = Path(args.train_dir) if args.train_dir else train_dir()
+    patches = PatchDataset(train_root, patch_size=cfg.patch_size, in_memory=True)
+    try:
+        val_root = Path(args.val_dir) if args.val_dir else val_dir()
+    except DataError:
+        val_root = None
+        print("dvae train: no validation photos found; training without validation",
+              file=sys.stderr)
+    print(f"dvae train: preset {args.preset}, λ={cfg.lmbda:g} (bpp + λ·MSE on [0,1]),"
+          f" {cfg.steps} steps of {cfg.batch_size}×{cfg.patch_size}² patches from "
+          f"{len(patches.paths)} photos in {train_root}, on {device}", file=sys.stderr)
+    seed_everything(cfg.seed)
+    model = SingleLayerVAE(preset.model)
+    result = fit(model, cfg, patches, val_root, device=device, checkpoint_path=out,
+                 resume=args.resume, progress=not args.quiet,
+                 num_workers=args.workers)
+    size = out.stat().st_size
+    if args.export:
+        save_checkpoint(args.export, load_checkpoint(out), fp16=True)
+        size = Path(args.export).stat().st_size
+    val = result.history["val"][-1] if result.history["val"] else None
+    scores = f"val {val['bpp']:.3f} bpp (estimated), {val['psnr']:.2f} dB" if val \
+        else "no validation"
+    seconds = result.recipe.get("wall_time_s", 0.0)
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    print(f"trained {args.preset} λ={cfg.lmbda:g}: {cfg.steps} steps "
+          f"({result.skipped} skipped) in {took} on {device}; {scores}; "
+          f"wrote {args.export or out} ({size / 1e6:.1f} MB)")
+    return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``dvae train`` to the ``dvae`` command's subparsers."""
+    parser = sub.add_parser(
+        "train", help="train a model preset on photos and write a checkpoint",
+        description="Train a discretized VAE preset on random patches of a folder "
+        "of photos (default: the mirror's train/, else COCO in the cache), "
+        "validating on centre crops of val/. Loss per image: bpp + λ·MSE with "
+        "MSE on [0, 1] (λ = 845 is CompressAI's 0.013 on the 0–255 scale).")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="book",
+                        help="model and recipe (default: book)")
+    parser.add_argument("--lmbda", type=float, help="λ, weight of the MSE on [0, 1]")
+    parser.add_argument("--steps", type=_positive_int, help="optimizer steps")
+    parser.add_argument("--out", required=True, help="checkpoint file to write")
+    parser.add_argument("--batch", type=_positive_int, help="patches per step")
+    parser.add_argument("--patch", type=_positive_int,
+                        help="patch side in pixels, a multiple of the model's stride")
+    parser.add_argument("--seed", type=int, help="seed of weights, patches and noise")
+    parser.add_argument("--train-dir", help="folder of training photos")
+    parser.add_argument("--val-dir", help="folder of validation photos")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        help="default: cuda when available")
+    parser.add_argument("--workers", type=int,
+                        help="data-loading processes (default 0 on CPU, 6 on GPU)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --out")
+    parser.add_argument("--export", metavar="PATH",
+                        help="also write the EMA weights in float16 (a small file "
+                        "to ship)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_cli_train)

@@ -1,0 +1,244 @@
+"""The training loop: loss goes down, skips, bit-identical resume, checkpoints, CLI.
+
+TINY models on synthetic smooth patches (and a few generated PNGs for the
+``dvae train`` command); no dataset mirror needed, every test runs on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dvae_tutorial import training
+from dvae_tutorial.cli import main
+from dvae_tutorial.configs import TINY
+from dvae_tutorial.errors import DVAEError
+from dvae_tutorial.single_layer_vae import SingleLayerVAE
+from dvae_tutorial.training import (
+    center_crops,
+    fit,
+    load_checkpoint,
+    load_model,
+    load_or_train,
+    save_checkpoint,
+    train_step,
+    validate,
+)
+
+torch.set_num_threads(1)
+CFG = dataclasses.replace(TINY.train, steps=8, val_every=4, log_every=2, lr_decay=0.5)
+
+
+class SmoothPatches(torch.utils.data.Dataset):
+    """Random smooth 64×64 patches, randomly flipped with torch's RNG."""
+
+    def __init__(self, n: int = 12) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = F.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=64,
+                               mode="bilinear", align_corners=False)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        flip = torch.rand(()) < 0.5
+        return self.x[i].flip(-1) if flip else self.x[i]
+
+
+def _model(seed: int = 0) -> SingleLayerVAE:
+    torch.manual_seed(seed)
+    return SingleLayerVAE(TINY.model)
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(model: SingleLayerVAE, calls: int):
+    """Make the model's forward raise on call number ``calls + 1``."""
+    count = {"n": 0}
+
+    def hook(module, args):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise Interrupt
+
+    return model.register_forward_pre_hook(hook)
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
+    model, x = _model(), SmoothPatches().x[:4]
+    cfg = dataclasses.replace(CFG, steps=1000)
+    optimizer = torch.optim.Adam(model.parameters())
+    before = validate(model, x, cfg.lmbda)["loss"]
+    for step in range(30):
+        stats = train_step(model, optimizer, x, cfg, step)
+        assert stats is not None and all(np.isfinite(stats))
+    after = validate(model, x, cfg.lmbda)["loss"]
+    assert after < 0.5 * before
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    data = SmoothPatches()
+    straight = _model()
+    expected = fit(straight, CFG, data, progress=False)
+    interrupted = _model()
+    handle = _interrupt_after(interrupted, 6)  # dies in step 7; last checkpoint: 4
+    with pytest.raises(Interrupt):
+        fit(interrupted, CFG, data, checkpoint_path=tmp_path / "run.pt", progress=False)
+    handle.remove()
+    assert load_checkpoint(tmp_path / "run.pt")["step"] == 4
+    resumed = _model(seed=123)  # other initial weights: the checkpoint wins
+    result = fit(resumed, CFG, data, checkpoint_path=tmp_path / "run.pt",
+                 progress=False)
+    assert _same_state(resumed.state_dict(), straight.state_dict())
+    ckpt = load_checkpoint(tmp_path / "run.pt")
+    assert ckpt["step"] == CFG.steps
+    assert _same_state(ckpt["ema"], result.ema.state_dict())
+    assert _same_state(ckpt["ema"], expected.ema.state_dict())
+    assert result.history["train"] == expected.history["train"]
+
+
+def test_nan_loss_and_huge_gradient_steps_are_skipped():
+    data, cfg = SmoothPatches(), dataclasses.replace(CFG, steps=3, lr_decay=1.0)
+    clean = _model()
+    fit(clean, dataclasses.replace(cfg, steps=2), data, progress=False)
+    poisoned = _model()
+    calls = {"n": 0}
+
+    def nan_on_third_call(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 3 else output
+
+    poisoned.g_s.register_forward_hook(nan_on_third_call)
+    result = fit(poisoned, cfg, data, progress=False)
+    assert result.skipped == 1 and result.history["train"][-1]["skipped"] == 1
+    assert _same_state(poisoned.state_dict(), clean.state_dict())
+    frozen = _model()
+    start = {k: v.clone() for k, v in frozen.state_dict().items()}
+    result = fit(frozen, dataclasses.replace(cfg, grad_skip=1e-9), data, progress=False)
+    assert result.skipped == cfg.steps
+    assert _same_state(frozen.state_dict(), start)
+
+
+def test_a_long_run_of_skips_stops_with_an_error(monkeypatch):
+    monkeypatch.setattr(training, "MAX_SKIPS_IN_A_ROW", 3)
+    cfg = dataclasses.replace(CFG, steps=5, grad_skip=1e-9)
+    with pytest.raises(DVAEError, match="diverged: 3 steps in a row up to step 3"):
+        fit(_model(), cfg, SmoothPatches(), progress=False)
+
+
+def test_checkpoints_round_trip_full_and_fp16(tmp_path):
+    model, val = _model(), SmoothPatches().x[:2]
+    result = fit(model, CFG, SmoothPatches(), val_data=val,
+                 checkpoint_path=tmp_path / "full.pt", progress=False)
+    full = load_checkpoint(tmp_path / "full.pt")
+    assert full["train_config"] == dataclasses.asdict(CFG)
+    assert full["model_config"] == dataclasses.asdict(TINY.model)
+    assert {"lmbda", "steps", "batch_size", "patch_size", "train_images", "device",
+            "wall_time_s", "torch_version", "git_commit", "date"
+            } <= full["recipe"].keys()
+    assert [r["step"] for r in full["history"]["val"]] == [4, 8]
+    loaded = load_model(tmp_path / "full.pt", map_location="cpu")
+    assert loaded.config == TINY.model and not loaded.training
+    assert _same_state(loaded.state_dict(), result.ema.state_dict())
+    save_checkpoint(tmp_path / "ship.pt", full, fp16=True)
+    sizes = [(tmp_path / name).stat().st_size for name in ("ship.pt", "full.pt")]
+    assert sizes[0] < 0.3 * sizes[1]  # fp16 EMA only vs float32 model, EMA, Adam
+    shipped = load_model(tmp_path / "ship.pt")
+    assert _same_state(shipped.state_dict(), {
+        k: v.half().float() for k, v in result.ema.state_dict().items()})
+    with pytest.raises(DVAEError, match="cannot be resumed"):
+        fit(_model(), CFG, SmoothPatches(), checkpoint_path=tmp_path / "ship.pt",
+            progress=False)
+    with pytest.raises(DVAEError, match="train_config differs"):
+        fit(_model(), dataclasses.replace(CFG, lmbda=1.0), SmoothPatches(),
+            checkpoint_path=tmp_path / "full.pt", progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DVAEError, match="not a readable checkpoint"):
+        load_model(tmp_path / "junk.pt")
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path, monkeypatch):
+    path, cfg = tmp_path / "m.pt", dataclasses.replace(CFG, steps=2)
+    data = SmoothPatches()
+    first = load_or_train(path, TINY.model, cfg, train_data=data,
+                          val_data=data.x[:2], progress=False)
+    monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("trained again"))
+    second = load_or_train(path, TINY.model, cfg, progress=False)
+    assert _same_state(first.state_dict(), second.state_dict())
+    with pytest.raises(DVAEError, match="holds a model"):
+        load_or_train(path, dataclasses.replace(TINY.model, channels=8), cfg)
+
+
+def test_ema_follows_the_weights_with_a_warm_up():
+    model = _model()
+    result = fit(model, CFG, SmoothPatches(), progress=False)
+    assert not _same_state(result.ema.state_dict(), model.state_dict())
+    model = _model()
+    result = fit(model, dataclasses.replace(CFG, ema_decay=0.0), SmoothPatches(),
+                 progress=False)
+    assert _same_state(result.ema.state_dict(), model.state_dict())
+    ema, weights = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        ema.weight.fill_(0.0)
+        weights.weight.fill_(1.0)
+    training._ema_update(ema, weights, decay=0.999, step=0)  # d = 1/10
+    assert ema.weight.item() == pytest.approx(0.9)
+    training._ema_update(ema, weights, decay=0.5, step=10)  # d = min(0.5, 11/20)
+    assert ema.weight.item() == pytest.approx(0.95)
+
+
+def test_patch_size_must_be_a_multiple_of_the_stride():
+    with pytest.raises(DVAEError, match="multiple of the model's stride"):
+        fit(_model(), dataclasses.replace(CFG, patch_size=80), SmoothPatches(),
+            progress=False)
+
+
+def _photos(folder, sizes=((80, 96), (70, 64), (64, 90))):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        pixels = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((w, h), Image.BILINEAR).save(folder / f"{i}.png")
+    return folder
+
+
+def test_center_crops_are_fixed_and_resize_small_photos(tmp_path):
+    folder = _photos(tmp_path / "val", sizes=((80, 96), (40, 50)))
+    crops = center_crops(folder, 64, 5)
+    assert crops.shape == (2, 3, 64, 64)
+    assert 0 <= crops.min() and crops.max() <= 1
+    assert torch.equal(crops, center_crops(folder, 64, 5))
+
+
+def test_dvae_train_tiny_writes_a_checkpoint(tmp_path, capsys):
+    photos, out = _photos(tmp_path / "photos"), tmp_path / "tiny.pt"
+    argv = ["train", "--preset", "tiny", "--steps", "3", "--out", str(out),
+            "--train-dir", str(photos), "--val-dir", str(photos), "--device", "cpu",
+            "--quiet", "--export", str(tmp_path / "ship.pt")]
+    assert main(argv) == 0
+    summary = capsys.readouterr().out.strip().splitlines()
+    assert len(summary) == 1 and "3 steps" in summary[0] and "dB" in summary[0]
+    assert load_checkpoint(out)["step"] == 3
+    assert load_model(tmp_path / "ship.pt").config == TINY.model
+    assert main(argv) == 2  # exists, no --resume
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_dvae_train_missing_folder_is_a_one_line_error(tmp_path, capsys):
+    code = main(["train", "--preset", "tiny", "--steps", "3", "--out",
+                 str(tmp_path / "x.pt"), "--train-dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "nowhere" in err and "does not exist" in err
+    assert not (tmp_path / "x.pt").exists()
