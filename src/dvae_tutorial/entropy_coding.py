@@ -47,7 +47,7 @@ from . import rans
 from .distributions import SCALE_LOWER_BOUND, discretized_gaussian_bits
 from .distributions import discretized_gaussian_log_mass as _log_mass
 from .errors import CodingError
-from .quantization import from_symbols, to_symbols
+from .quantization import SYMBOL_LIMIT, from_symbols, to_symbols
 
 #: Total of every quantized cdf is 2**CDF_PRECISION; 24 bits is what
 #: constriction's Python models use (32-bit words, 64-bit state), so both
@@ -73,7 +73,7 @@ MEAN_STEPS = 64
 #: for mildly heavy-tailed real latents).
 TAIL_SIGMAS = 8.0
 #: Symbols and means must fit in int32, the symbol type of ``to_symbols``.
-MAX_ABS_VALUE = 2**31 - 1
+MAX_ABS_VALUE = SYMBOL_LIMIT - 1
 
 _LOG_STEP = math.log(SCALE_MAX / SCALE_MIN) / (SCALE_LEVELS - 1)
 SCALE_TABLE = (
