@@ -35,7 +35,7 @@ def _cli_train(args: argparse.Namespace) -> int:
 
     preset = PRESETS[args.preset]
     overrides = {"lmbda": args.lmbda, "steps": args.steps, "batch_size": args.batch,
-                 "patch_size": args.patch, "seed": args.seed}
+                 "patch_size": args.patch, "seed": args.seed, "lr": args.lr}
     cfg = replace(preset.train, **{k: v for k, v in overrides.items() if v is not None})
     out = Path(args.out)
     if out.exists() and not args.resume:
@@ -57,9 +57,10 @@ def _cli_train(args: argparse.Namespace) -> int:
           f"{len(patches.paths)} photos in {train_root}, on {device}", file=sys.stderr)
     seed_everything(cfg.seed)
     model = SingleLayerVAE(preset.model)
+    parent = _init_from(model, args.init) if args.init else None
     result = fit(model, cfg, patches, val_root, device=device, checkpoint_path=out,
                  resume=args.resume, progress=not args.quiet,
-                 num_workers=args.workers)
+                 num_workers=args.workers, parent=parent)
     size = out.stat().st_size
     if args.export:
         save_checkpoint(args.export, load_checkpoint(out), fp16=True)
@@ -73,6 +74,27 @@ def _cli_train(args: argparse.Namespace) -> int:
           f"({result.skipped} skipped) in {took} on {device}; {scores}; "
           f"wrote {args.export or out} ({size / 1e6:.1f} MB)")
     return 0
+
+
+def _init_from(model, path: str) -> dict:
+    """Load the EMA weights of checkpoint ``path`` into ``model`` (fine-tuning
+    from another λ); returns what the recipe records about that parent run."""
+    from dataclasses import asdict
+
+    from .checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt["model_config"] != asdict(model.config):
+        raise DVAEError(f"--init {path} holds a model with config "
+                        f"{ckpt['model_config']}, not this preset's "
+                        f"{asdict(model.config)}")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in ckpt["ema"].items()})
+    recipe = ckpt.get("recipe", {})
+    return {"file": Path(path).name, "step": ckpt["step"],
+            **{k: recipe.get(k) for k in ("lmbda", "steps", "batch_size", "patch_size",
+                                          "device", "wall_time_s", "git_commit",
+                                          "parent")}}
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +113,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=_positive_int, help="patches per step")
     parser.add_argument("--patch", type=_positive_int,
                         help="patch side in pixels, a multiple of the model's stride")
+    parser.add_argument("--lr", type=float, help="Adam learning rate after warm-up")
+    parser.add_argument("--init", metavar="CKPT",
+                        help="start from this checkpoint's (EMA) weights, e.g. a "
+                        "model trained at another λ; recorded as the recipe's parent")
     parser.add_argument("--seed", type=int, help="seed of weights, patches and noise")
     parser.add_argument("--train-dir", help="folder of training photos")
     parser.add_argument("--val-dir", help="folder of validation photos")

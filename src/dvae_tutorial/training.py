@@ -145,7 +145,8 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
         val_data: Tensor | str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         checkpoint_path: str | os.PathLike | None = None, resume: bool = True,
-        progress: bool = True, num_workers: int | None = None) -> FitResult:
+        progress: bool = True, num_workers: int | None = None,
+        parent: dict | None = None) -> FitResult:
     """Train ``model`` in place on ``loss = mean(bpp + lmbda * mse)``.
 
     Adam with :meth:`TrainConfig.lr_at`, gradients clipped to ``grad_clip``;
@@ -166,6 +167,8 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
         progress: show a tqdm bar.
         num_workers: DataLoader workers (default 0 on CPU, 6 on GPU); results
             do not depend on it.
+        parent: for a run that started from another run's weights, what the
+            recipe records about it (``dvae train --init``).
 
     Returns:
         :class:`FitResult`.
@@ -201,6 +204,8 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
     bar = tqdm(total=cfg.steps, initial=ckpt["step"], disable=not progress,
                desc=f"train λ={cfg.lmbda:g}", unit="step")
     recipe = make_recipe(cfg, train_data, val_data, val_root, device)
+    if parent is not None:
+        recipe["parent"] = parent
     started, sums = time.perf_counter(), np.zeros(5)  # loss, bpp, mse, norm, count
     streak = 0  # skipped steps in a row
     for step, x in zip(range(ckpt["step"], cfg.steps), loader, strict=True):
