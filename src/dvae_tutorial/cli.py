@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_data_parser(sub)
     _add_train_parser(sub)
+    _add_codec_parsers(sub)
     return parser
 
 
@@ -41,6 +42,12 @@ def _add_train_parser(sub) -> None:
     from . import train_cli
 
     train_cli.add_train_parser(sub)
+
+
+def _add_codec_parsers(sub) -> None:
+    from . import codec_cli
+
+    codec_cli.add_codec_parsers(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

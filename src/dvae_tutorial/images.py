@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: File suffixes read as images (compared in lower case).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+#: 65535 / 255: a 16-bit sample v is the 8-bit sample v / 257.
+_U16_TO_U8 = 257.0
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -35,12 +37,19 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
     Grayscale, palette and RGBA files go through Pillow's ``convert("RGB")``
     (gray is copied to all three channels; alpha is dropped, not composited).
+    16-bit grayscale (Pillow modes ``I;16*``, ``I``) is rounded to 8 bits as
+    ``v / 257`` (65535 → 255) — Pillow's own ``convert`` would clip it at 255.
 
     Raises:
         DataError: the file is missing, corrupt or not an image (names it).
     """
     try:
         with Image.open(path) as img:
+            img.load()
+            if img.mode.startswith("I;16") or img.mode == "I":
+                wide = np.asarray(img, dtype=np.float64)
+                gray = np.round(np.clip(wide / _U16_TO_U8, 0, 255)).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
             return np.array(img.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err

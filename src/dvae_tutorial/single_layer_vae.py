@@ -94,10 +94,13 @@ class VAEOutput(NamedTuple):
 
 
 class Compressed(NamedTuple):
-    """Streams of one image: ``strings`` (``[z, y]`` or ``[y]``) and its ``(H, W)``."""
+    """Streams of one image: ``strings`` (``[z, y]`` or ``[y]``), its ``(H, W)``,
+    and ``bits`` = ``−Σ log₂ P`` of the coded latents (what the streams should
+    cost, up to the coder's overhead)."""
 
     strings: list[bytes]
     shape: tuple[int, int]
+    bits: float = float("nan")
 
 
 class ChannelGaussian(nn.Module):
@@ -149,6 +152,9 @@ class SingleLayerVAE(nn.Module):
 
     See: *A discretized VAE codec*.
     """
+
+    #: The family written in ``.dvae`` headers and listed by ``dvae models``.
+    family = "single"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -242,15 +248,29 @@ class SingleLayerVAE(nn.Module):
         x = x.unsqueeze(0) if x.dim() == 3 else x
         _check_images(x, single=True)
         y = self.g_a(pad_to_multiple(x, self.stride))
-        strings, z_hat = [], None
+        strings, z_hat, bits = [], None, 0.0
         if self.config.hyperprior:
             z = self.h_a(y)
             z_mean, z_scale = self.z_prior(z.shape)
             strings.append(encode_latents(z, z_mean, z_scale))
             z_hat = quantize(z, z_mean)
+            bits += float(discretized_gaussian_bits(z_hat, z_mean, z_scale).sum())
         mean, scale = self.prior_parameters(y.shape, z_hat)
         strings.append(encode_latents(y, mean, scale))
-        return Compressed(strings, (int(x.shape[-2]), int(x.shape[-1])))
+        bits += float(discretized_gaussian_bits(quantize(y, mean), mean, scale).sum())
+        return Compressed(strings, (int(x.shape[-2]), int(x.shape[-1])), bits)
+
+    def stream_shapes(self, shape: tuple[int, int]) -> list[tuple[int, ...]]:
+        """Shapes of the latents :meth:`compress` codes for an ``(H, W)`` image,
+        in stream order (``z`` first when there is a hyperprior, then ``y``)."""
+        # Latent sides of the padded image: ceil(side / stride) * stride / step.
+        h, w = (-(-side // self.stride) * self.stride for side in shape)
+        y_shape = (1, self.config.latent_channels, h // LATENT_STRIDE,
+                   w // LATENT_STRIDE)
+        if not self.config.hyperprior:
+            return [y_shape]
+        return [(1, self.config.hyper_channels, h // HYPER_STRIDE, w // HYPER_STRIDE),
+                y_shape]
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], shape: tuple[int, int]) -> Tensor:
@@ -274,14 +294,10 @@ class SingleLayerVAE(nn.Module):
         if len(strings) != 1 + self.config.hyperprior:
             raise CodingError(f"this model reads {1 + self.config.hyperprior} "
                               f"stream(s), got {len(strings)}")
-        # Latent sides of the padded image: ceil(side / stride) * stride / step.
-        h, w = (-(-side // self.stride) * self.stride for side in shape)
-        y_shape = (1, self.config.latent_channels, h // LATENT_STRIDE,
-                   w // LATENT_STRIDE)
+        *z_shapes, y_shape = self.stream_shapes(shape)
         z_hat = None
         if self.config.hyperprior:
-            z_shape = (1, self.config.hyper_channels, h // HYPER_STRIDE,
-                       w // HYPER_STRIDE)
+            z_shape = z_shapes[0]
             z_mean, z_scale = self.z_prior(z_shape)
             z_hat = decode_latents(strings[0], z_mean, z_scale, z_shape)
         mean, scale = self.prior_parameters(y_shape, z_hat)
