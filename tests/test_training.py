@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dvae_tutorial import training
+from dvae_tutorial.checkpoints import lineage
 from dvae_tutorial.cli import main
 from dvae_tutorial.configs import TINY
 from dvae_tutorial.errors import DVAEError
@@ -233,6 +234,37 @@ def test_dvae_train_tiny_writes_a_checkpoint(tmp_path, capsys):
     assert load_model(tmp_path / "ship.pt").config == TINY.model
     assert main(argv) == 2  # exists, no --resume
     assert "--resume" in capsys.readouterr().err
+
+
+def test_dvae_train_init_fine_tunes_and_records_the_lineage(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos")
+    common = ["--preset", "tiny", "--train-dir", str(photos), "--val-dir",
+              str(photos), "--device", "cpu", "--quiet"]
+    assert main(["train", *common, "--steps", "3", "--lmbda", "845",
+                 "--out", str(tmp_path / "base.pt")]) == 0
+    assert main(["train", *common, "--steps", "2", "--lmbda", "100", "--lr", "5e-4",
+                 "--init", str(tmp_path / "base.pt"), "--out",
+                 str(tmp_path / "ft.pt")]) == 0
+    base, ft = load_checkpoint(tmp_path / "base.pt"), load_checkpoint(tmp_path / "ft.pt")
+    assert ft["train_config"]["lr"] == 5e-4
+    parent = ft["recipe"]["parent"]
+    assert parent["file"] == "base.pt" and parent["lmbda"] == 845
+    assert parent["step"] == 3
+    assert [r["steps"] for r in lineage(ft["recipe"])] == [3, 2]
+    assert [r["lmbda"] for r in lineage(ft["recipe"])] == [845, 100]
+    assert lineage(base["recipe"]) == [{"lmbda": 845, "steps": 3,
+                                        "wall_time_s": base["recipe"]["wall_time_s"]}]
+    # the fine-tune started from the base's EMA weights, not from a fresh init
+    torch.manual_seed(0)
+    fresh = SingleLayerVAE(TINY.model).state_dict()
+    moved = {k: (ft["ema"][k] - base["ema"][k]).abs().max().item() for k in fresh}
+    jumped = {k: (ft["ema"][k] - fresh[k]).abs().max().item() for k in fresh}
+    assert max(moved.values()) < max(jumped.values())
+    capsys.readouterr()
+    assert main(["train", "--preset", "factorized", *common[2:], "--steps", "2",
+                 "--init", str(tmp_path / "base.pt"), "--out",
+                 str(tmp_path / "x.pt")]) == 2
+    assert "holds a model with config" in capsys.readouterr().err
 
 
 def test_dvae_train_missing_folder_is_a_one_line_error(tmp_path, capsys):

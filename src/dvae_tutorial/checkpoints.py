@@ -97,3 +97,20 @@ def load_model(path: str | os.PathLike,
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in ckpt["ema"].items()})
     return model.to(map_location).eval()
+
+
+def lineage(recipe: dict) -> list[dict]:
+    """The runs a checkpoint was trained by, oldest first.
+
+    A run started with ``dvae train --init`` records its parent (and the
+    parent's parent…) in its recipe; each entry here is ``{"lmbda", "steps",
+    "wall_time_s"}`` of one run, ``steps`` counting the steps it actually
+    trained (a parent may have been stopped before its planned end).
+    """
+    runs, node = [], recipe
+    while node:
+        steps = node.get("step", node.get("steps"))
+        runs.append({"lmbda": node.get("lmbda"), "steps": steps,
+                     "wall_time_s": node.get("wall_time_s") or 0.0})
+        node = node.get("parent")
+    return runs[::-1]

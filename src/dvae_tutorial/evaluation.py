@@ -136,3 +136,50 @@ def evaluate_model(model, images: Sequence, names: Sequence[str] | None = None,
     overhead = np.mean([100 * (r["bpp"] / r["estimated_bpp"] - 1) for r in rows])
     return {"model": label, **summary, "overhead_percent": float(overhead),
             "images": rows}
+
+
+#: Published Kodak RD numbers shipped with the package (numbers only, cited).
+PUBLISHED_FILE = "reference/kodak_published.json"
+
+
+def published_curve(key: str) -> dict:
+    """A published Kodak RD curve shipped with the package.
+
+    Args:
+        key: ``"bmshj2018-factorized"`` or ``"mbt2018-mean"`` (CompressAI's
+            re-implementations of Ballé et al. 2018 and Minnen et al. 2018 with
+            their pretrained weights, metrics on 8-bit reconstructions).
+
+    Returns:
+        ``{"label", "cite", "source", "bpp": [...], "psnr": [...]}``.
+    """
+    import json
+    from pathlib import Path
+
+    curves = json.loads((Path(__file__).parent / PUBLISHED_FILE).read_text())["curves"]
+    if key not in curves:
+        raise KeyError(f"no published curve {key!r}; have {sorted(curves)}")
+    return curves[key]
+
+
+def jpeg_at_rate(image, target_bpp: float) -> tuple[int, RDPoint, np.ndarray]:
+    """The highest Pillow JPEG quality whose file stays within ``target_bpp``.
+
+    For pictures "at matched rate": JPEG gets at most the bits of the codec it
+    is compared with (quality 1 if even that is larger).
+
+    Returns:
+        ``(quality, point, decoded uint8 pixels)``.
+    """
+    pixels = to_uint8(image)
+    lo, hi = 1, 95
+    while lo < hi:  # bpp grows with quality: bisect the last one within budget
+        mid = (lo + hi + 1) // 2
+        if jpeg_point(pixels, mid).bpp <= target_bpp:
+            lo = mid
+        else:
+            hi = mid - 1
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=lo)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    return lo, jpeg_point(pixels, lo), decoded

@@ -1,0 +1,97 @@
+"""Acceptance bench for the single-layer codec (issue 4): speed and file size on Kodak.
+
+For each shipped model (or ``--model NAME``, repeatable) and each Kodak
+image, times :func:`dvae_tutorial.codec.compress` (image → ``.dvae`` bytes,
+the model's analysis transform included) and
+:func:`dvae_tutorial.codec.decompress` (bytes → 8-bit pixels, the synthesis
+transform included), best of ``--repeats`` per image, with
+``torch.set_num_threads(--threads)`` (default 2, this machine's cores), after
+one warm-up image. Prints ONE JSON object on stdout:
+
+- per model: ``encode_s`` / ``decode_s`` / ``total_s`` (mean over images and
+  the slowest image's ``max_total_s``), ``bpp`` from file bytes,
+  ``estimated_bpp`` = −Σlog₂P / pixels, ``overhead_percent`` (mean over
+  images of file bits / −Σlog₂P − 1, header included) and ``exact`` (every
+  decoded image equals the in-memory reconstruction);
+- the targets: ``max_total_s`` ≤ 1.5 s and ``overhead_percent`` ≤ 1 %.
+
+Usage: ``python bench/codec.py [--model NAME] [--images N] [--repeats R]``
+(needs the Kodak images: ``DVAE_DATA`` or the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from dvae_tutorial import codec
+from dvae_tutorial.data import kodak_images
+from dvae_tutorial.images import to_tensor01
+from dvae_tutorial.metrics import to_uint8
+
+#: The issue's targets.
+TARGET_SECONDS, TARGET_OVERHEAD_PERCENT = 1.5, 1.0
+
+
+def best_of(repeats: int, fn):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def bench_model(name: str, images: list, repeats: int) -> dict:
+    model = codec.load_shipped(name)
+    codec.decompress(codec.compress(images[0], name).data)  # warm-up
+    rows = []
+    for image in images:
+        enc_s, encoded = best_of(repeats, lambda im=image: codec.compress(im, name))
+        dec_s, pixels = best_of(repeats, lambda e=encoded: codec.decompress(e.data))
+        with torch.no_grad():
+            ref = to_uint8(model(to_tensor01(image)[None]).x_hat[0].permute(1, 2, 0))
+        rows.append((enc_s, dec_s, encoded.bpp, encoded.estimated_bpp,
+                     bool((pixels == ref).all())))
+    enc, dec, rate, est, exact = (np.array(c) for c in zip(*rows, strict=True))
+    return {
+        "model": name, "images": len(images),
+        "encode_s": round(float(enc.mean()), 3), "decode_s": round(float(dec.mean()), 3),
+        "total_s": round(float((enc + dec).mean()), 3),
+        "max_total_s": round(float((enc + dec).max()), 3),
+        "bpp": round(float(rate.mean()), 4), "estimated_bpp": round(float(est.mean()), 4),
+        "overhead_percent": round(float(np.mean(100 * (rate / est - 1))), 3),
+        "exact": bool(exact.all()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append")
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    images = list(kodak_images())[: args.images]
+    names = args.model or [i.name for i in codec.shipped_models("single")]
+    results = [bench_model(name, images, args.repeats) for name in names]
+    print(json.dumps({
+        "bench": "codec", "device": f"cpu {platform.machine()}, "
+        f"{torch.get_num_threads()} threads", "torch": torch.__version__,
+        "models": results,
+        "target_max_total_s": TARGET_SECONDS,
+        "target_overhead_percent": TARGET_OVERHEAD_PERCENT,
+        "meets_targets": all(r["max_total_s"] <= TARGET_SECONDS and r["exact"]
+                             and r["overhead_percent"] <= TARGET_OVERHEAD_PERCENT
+                             for r in results),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
