@@ -403,3 +403,265 @@ def plot_rd_gap(rates, gaps, references, *, ax=None, title=None):
     ax.set_xlabel("operational rate $R$ (bits per sample)")
     ax.set_ylabel("gap to $R(D)$ (bits per sample)")
     return _finish(ax, title)
+
+
+# --- Chapter 4: emission distributions and distortion -------------------------
+
+
+def plot_residual_histogram(residuals, densities, *, ax=None, title=None):
+    """Histogram of reconstruction errors against emission densities (log y).
+
+    Args:
+        residuals: 1-D array of errors ``x - x_hat`` in 8-bit units (integers).
+        densities: ``{label: (grid, density)}`` in the same units, as lines.
+        ax, title: optional axis and title.
+
+    See: *Emission distributions and distortion* (the Gaussian emission).
+    """
+    ax = new_axes(ax, figsize=(6.0, 3.8))
+    r = np.asarray(residuals)
+    edges = np.arange(np.floor(r.min()), np.ceil(r.max()) + 2) - 0.5
+    ax.hist(r, bins=edges, density=True, color=COLORS["muted"], alpha=0.6,
+            label="errors of the reconstruction")
+    palette = [COLORS["model"], COLORS["jpeg"], COLORS["alt"]]
+    for j, (label, (grid, dens)) in enumerate(densities.items()):
+        ax.plot(grid, dens, color=palette[j % 3], lw=1.8, label=label)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=1e-6)
+    ax.set_xlabel(r"error $x - \hat x$ (8-bit units, one sub-pixel)")
+    ax.set_ylabel("density")
+    return _finish(ax, title)
+
+
+def plot_degradations(reference, images, titles, *, crop, error_limit=40.0):
+    """Crops of degraded images (top) and their error maps (bottom).
+
+    Args:
+        reference: the original, uint8 (H, W, 3).
+        images: degraded versions, uint8 (H, W, 3) each; the first panel
+            shows ``reference`` itself.
+        titles: one title per image (e.g. its MSE and PSNR).
+        crop: ``(top, left, size)`` of the square region shown.
+        error_limit: top of the colour range of the error maps (8-bit units).
+
+    Returns:
+        The figure. The error map of a pixel is the RMS over its R, G, B errors
+        (8-bit units), on one colour scale for all panels: the mean of its
+        square over the whole image is the image's MSE.
+
+    See: *Emission distributions and distortion* (what MSE misses).
+    """
+    top, left, size = crop
+    region = (slice(top, top + size), slice(left, left + size))
+    n = len(images) + 1
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.4), dpi=80,
+                             layout="constrained")  # 80 dpi: ~1 crop pixel per dot
+    ref = np.asarray(reference, dtype=np.float64)
+    for j, (img, title) in enumerate(zip([reference, *images],
+                                         ["original", *titles], strict=True)):
+        axes[0, j].imshow(np.asarray(img)[region])
+        axes[0, j].set_title(title, fontsize=8)
+        err = np.sqrt(np.square(np.asarray(img, dtype=np.float64) - ref).mean(-1))
+        shown = axes[1, j].imshow(err[region], cmap="magma", vmin=0.0,
+                                  vmax=error_limit)
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[1, 0].set_ylabel("error, RMS over R, G, B", fontsize=8)
+    fig.colorbar(shown, ax=axes[1, :], shrink=0.8,
+                 label=r"$|\hat x - x|$ (8-bit units)")
+    return fig
+
+
+def plot_iso_loss(rates, distortions, lmbdas, *, labels=None, ax=None, title=None):
+    """An operational R–D curve and, per λ, its best point and line ``R + λD``.
+
+    For each λ the point of the curve with the smallest ``R + λD`` is ringed
+    and the line of slope ``-λ`` through it is drawn: no point of the curve
+    lies below it (for the points of a convex curve).
+
+    Args:
+        rates: bits per pixel, shape (n,); distortions: MSE on [0, 1], (n,).
+        lmbdas: λ values (bpp per unit of MSE on [0, 1]).
+        labels: optional text per point (e.g. JPEG qualities).
+        ax, title: optional axis and title.
+
+    See: *Emission distributions and distortion* (what λ buys).
+    """
+    ax = new_axes(ax, figsize=(6.0, 4.0))
+    r, d = np.asarray(rates, float), np.asarray(distortions, float)
+    ax.plot(d, r, "o-", color=COLORS["jpeg"], ms=4, label="operational points")
+    for text, dk, rk in zip(labels or [], d, r, strict=False):
+        ax.annotate(text, (dk, rk), xytext=(4, 3), textcoords="offset points",
+                    fontsize=7, color=COLORS["jpeg"])
+    palette = [COLORS["model"], COLORS["alt"], COLORS["accent"], COLORS["bound"]]
+    grid = np.linspace(0.0, d.max() * 1.05, 2)
+    for j, lm in enumerate(lmbdas):
+        best = int(np.argmin(r + lm * d))
+        color = palette[j % len(palette)]
+        ax.plot(grid, r[best] + lm * (d[best] - grid), "--", color=color, lw=1.2,
+                label=rf"$R + {lm:g}\,D$ = min")
+        ax.plot(d[best], r[best], "o", ms=11, mfc="none", mew=1.5, color=color)
+    ax.set_ylim(0.0, r.max() * 1.05)
+    ax.set_xlim(0.0, d.max() * 1.05)
+    ax.set_xlabel("distortion $D$: MSE on [0, 1]")
+    ax.set_ylabel("rate $R$ [bits per pixel]")
+    return _finish(ax, title)
+
+
+def plot_implied_lmbda(curves, *, brackets=None, ax=None, title=None):
+    """Implied λ = −ΔR/ΔD per segment of R–D curves, against the rate (log y).
+
+    Args:
+        curves: ``{label: (bpp, lmbda)}``, one marker per segment (e.g. at the
+            mean rate of its two end points); λ per unit of MSE on [0, 1].
+        brackets: optional ``{label: (bpp, lo, hi)}``, vertical bars for the
+            interval each segment's λ must lie in (the λ its end points were
+            trained with).
+        ax, title: optional axis and title. A right axis gives λ on 0–255.
+
+    See: *Emission distributions and distortion* (what λ buys).
+    """
+    ax = new_axes(ax, figsize=(6.0, 4.0))
+    palette = [COLORS["jpeg"], COLORS["model"], COLORS["alt"]]
+    for j, (label, (rate, lm)) in enumerate(curves.items()):
+        ax.plot(rate, lm, "os^"[j % 3] + "-", color=palette[j % 3], ms=5, label=label)
+    for label, (rate, lo, hi) in (brackets or {}).items():
+        ax.vlines(rate, lo, hi, color=COLORS["model"], lw=5, alpha=0.3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("rate [bits per pixel]")
+    ax.set_ylabel(r"$\lambda = -\Delta R/\Delta D$ (MSE on [0, 1])")
+    scale = 255.0**2
+    right = ax.secondary_yaxis("right", functions=(lambda v: v / scale,
+                                                   lambda v: v * scale))
+    right.set_ylabel(r"$\lambda$ per unit of 8-bit MSE")
+    return _finish(ax, title)
+
+
+# ------------------------------------------------------------------ chapter 5
+# A discretized VAE codec.
+
+
+def plot_training_history(history, *, lmbda, title=None):
+    """Training curves of :func:`~dvae_tutorial.training.fit`: loss, bpp, PSNR.
+
+    Args:
+        history: ``FitResult.history`` (``"train"`` rows every ``log_every``
+            steps, ``"val"`` rows of the EMA weights).
+        lmbda: the run's λ (for the axis label of the loss).
+
+    Returns:
+        The figure (three panels sharing the step axis).
+
+    See: *A discretized VAE codec* (training).
+    """
+    train, val = history["train"], history["val"]
+    steps = [r["step"] for r in train]
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.2), layout="constrained")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel("optimizer step")
+    axes[0].plot(steps, [r["loss"] for r in train], color=COLORS["model"],
+                 label="train (noisy $\\tilde y$)")
+    axes[0].set_ylabel(f"bpp + λ·MSE  (λ = {lmbda:g}, MSE on [0, 1])")
+    axes[1].plot(steps, [r["bpp"] for r in train], color=COLORS["model"],
+                 label="train")
+    axes[2].plot(steps, [10 * np.log10(1 / r["mse"]) for r in train],
+                 color=COLORS["model"], label="train")
+    if val:
+        vs = [r["step"] for r in val]
+        axes[1].plot(vs, [r["bpp"] for r in val], "o-", color=COLORS["jpeg"],
+                     label="validation (EMA, rounded $\\hat y$)")
+        axes[2].plot(vs, [r["psnr"] for r in val], "o-", color=COLORS["jpeg"],
+                     label="validation")
+    axes[1].set_ylabel("rate (bits per pixel)")
+    axes[2].set_ylabel("PSNR (dB)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_rd_kodak(curves, *, annotate=None, ax=None, title=None,
+                  xlim=None, ylim=None):
+    """PSNR against bpp on Kodak, one line per codec.
+
+    Args:
+        curves: ``{label: (bpp, psnr)}`` in drawing order; labels containing
+            "JPEG" are drawn in the JPEG colour, "(published" ones dashed.
+        annotate: optional ``{label: [text per point]}`` (e.g. λ values).
+        ax, title, xlim, ylim: optional.
+
+    See: *A discretized VAE codec* (Kodak against JPEG).
+    """
+    ax = new_axes(ax, figsize=(6.4, 4.4))
+    palette = [COLORS["model"], COLORS["alt"], COLORS["accent"], COLORS["muted"]]
+    k = 0
+    for label, (rate, psnr) in curves.items():
+        if "JPEG" in label:
+            color, style = COLORS["jpeg"], "s-"
+        else:
+            color, style = palette[k % len(palette)], "o-"
+            k += 1
+        if "published" in label:
+            style = "--"
+        ax.plot(rate, psnr, style, color=color, ms=5, lw=1.5, label=label)
+        for text, r, p in zip((annotate or {}).get(label, []), rate, psnr,
+                              strict=False):
+            ax.annotate(text, (r, p), xytext=(5, -10), textcoords="offset points",
+                        fontsize=7, color=color)
+    ax.set_xlabel("rate (bits per pixel, file bytes)")
+    ax.set_ylabel("PSNR (dB, 8-bit RGB)")
+    if xlim:
+        ax.set_xlim(*xlim)
+    if ylim:
+        ax.set_ylim(*ylim)
+    return _finish(ax, title)
+
+
+def plot_image_row(images, titles, *, crop=None, suptitle=None):
+    """Images (or square crops) side by side with titles.
+
+    Args:
+        images: uint8 ``(H, W, 3)`` arrays.
+        titles: one per image (e.g. codec, bpp, PSNR).
+        crop: optional ``(top, left, size)``.
+
+    See: *A discretized VAE codec* (reconstructions next to JPEG).
+    """
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, 3.2), layout="constrained")
+    for ax, image, text in zip(np.atleast_1d(axes), images, titles, strict=True):
+        image = np.asarray(image)
+        if crop:
+            top, left, size = crop
+            image = image[top:top + size, left:left + size]
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(text, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_bits_per_channel(bits, *, ax=None, title=None):
+    """Bits each latent channel costs, channels sorted by cost, per model.
+
+    Args:
+        bits: ``{label: array of bits per channel}`` (e.g. per model's λ).
+
+    See: *A discretized VAE codec* (where the bits go).
+    """
+    ax = new_axes(ax, figsize=(6.4, 3.6))
+    palette = [COLORS["model"], COLORS["alt"], COLORS["accent"], COLORS["jpeg"],
+               COLORS["muted"]]
+    for j, (label, values) in enumerate(bits.items()):
+        values = np.sort(np.asarray(values, dtype=float))[::-1]
+        ax.plot(np.arange(1, values.size + 1), values, "-", color=palette[j % 5],
+                lw=1.6, label=label)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("latent channel, sorted by cost")
+    ax.set_ylabel("bits (−Σ log₂ P over the channel)")
+    return _finish(ax, title)
