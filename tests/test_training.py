@@ -109,6 +109,24 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert result.history["train"] == expected.history["train"]
 
 
+def test_resume_may_change_the_number_of_steps_only(tmp_path):
+    data, path = SmoothPatches(), tmp_path / "run.pt"
+    fit(_model(), dataclasses.replace(CFG, steps=4), data, checkpoint_path=path,
+        progress=False)
+    longer = dataclasses.replace(CFG, steps=8)
+    fit(_model(), longer, data, checkpoint_path=path, progress=False)
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 8 and ckpt["train_config"]["steps"] == 8
+    lrs = [r["lr"] for r in ckpt["history"]["train"] if r["step"] > 4]
+    assert lrs and lrs[-1] == longer.lr_at(7)
+    with pytest.raises(DVAEError, match="past the 6 steps"):
+        fit(_model(), dataclasses.replace(CFG, steps=6), data, checkpoint_path=path,
+            progress=False)
+    with pytest.raises(DVAEError, match="train_config differs"):
+        fit(_model(), dataclasses.replace(longer, lmbda=1.0), data,
+            checkpoint_path=path, progress=False)
+
+
 def test_nan_loss_and_huge_gradient_steps_are_skipped():
     data, cfg = SmoothPatches(), dataclasses.replace(CFG, steps=3, lr_decay=1.0)
     clean = _model()

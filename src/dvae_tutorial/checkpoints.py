@@ -27,7 +27,8 @@ from .single_layer_vae import SingleLayerVAE
 #: Version of the checkpoint dict's layout (bump when keys change meaning).
 CHECKPOINT_VERSION = 1
 #: Keys a shipped (fp16, EMA-only) checkpoint keeps; it cannot be resumed.
-SHIPPED_KEYS = ("version", "model_config", "train_config", "step", "history", "recipe")
+SHIPPED_KEYS = ("version", "family", "model_config", "train_config", "step", "history",
+                "recipe")
 
 
 def make_recipe(cfg: TrainConfig, train_data, val_data, val_root, device) -> dict:
@@ -66,7 +67,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict,
     if fp16:
         ema = {k: v.half() if v.is_floating_point() else v
                for k, v in checkpoint["ema"].items()}
-        checkpoint = {**{k: checkpoint[k] for k in SHIPPED_KEYS}, "ema": ema}
+        checkpoint = {**{k: checkpoint[k] for k in SHIPPED_KEYS if k in checkpoint},
+                      "ema": ema}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, tmp)
@@ -90,10 +92,25 @@ def load_checkpoint(path: str | os.PathLike,
 
 
 def load_model(path: str | os.PathLike,
-               map_location: str | torch.device = "cpu") -> SingleLayerVAE:
-    """The model of a checkpoint's config with its EMA weights (float32, eval mode)."""
+               map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model of a checkpoint's config with its EMA weights (float32, eval mode).
+
+    The checkpoint's ``family`` (``"single"`` when absent, as in files written
+    before the hierarchical models existed) picks the class:
+    :class:`SingleLayerVAE` or
+    :class:`~dvae_tutorial.hierarchical_vae.HierarchicalVAE`.
+    """
     ckpt = load_checkpoint(path, map_location)
-    model = SingleLayerVAE(ModelConfig(**ckpt["model_config"]))
+    family = ckpt.get("family", "single")
+    if family == "single":
+        model = SingleLayerVAE(ModelConfig(**ckpt["model_config"]))
+    elif family == "hierarchical":
+        from .configs import HierarchicalConfig
+        from .hierarchical_vae import HierarchicalVAE
+
+        model = HierarchicalVAE(HierarchicalConfig(**ckpt["model_config"]))
+    else:
+        raise DVAEError(f"{path} holds a model of unknown family {family!r}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in ckpt["ema"].items()})
     return model.to(map_location).eval()

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import DVAEError
+
 #: Downsampling factor of the analysis transform: four stride-2 convolutions.
 LATENT_STRIDE = 16
 #: The hyper-analysis adds two more stride-2 convolutions: 16 * 4.
@@ -162,3 +164,117 @@ FACTORIZED = Preset(
 )
 #: Presets by the name ``dvae train --preset`` takes.
 PRESETS: dict[str, Preset] = {"tiny": TINY, "book": BOOK, "factorized": FACTORIZED}
+
+
+# --- hierarchical models (chapter *Hierarchical VAEs*) -------------------------
+
+#: Stage ``s`` of a hierarchical model halves the resolution of stage ``s - 1``.
+STAGE_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class HierarchicalConfig:
+    """Architecture of :class:`~dvae_tutorial.hierarchical_vae.HierarchicalVAE`.
+
+    The model is a pyramid of *stages*, listed finest first: stage ``s`` works
+    at stride ``stem_stride * 2**s``; every per-stage tuple has one entry per
+    stage. The defaults are the :data:`HIER12` model (QRes-VAE's layout of 12
+    latent layers over 5 resolutions [duan2023qresvae], narrower).
+
+    Attributes:
+        widths: feature channels of each stage (encoder and decoder).
+        encoder_blocks: residual blocks of the bottom-up encoder per stage.
+        latent_blocks: latent layers per stage; the total is the number of
+            layers ``L``; decoded coarsest stage first (``z1`` is coarsest).
+        latent_channels: channels of each latent at that stage (0 where the
+            stage has no latent layer).
+        decoder_blocks: plain residual blocks after the latent layers of a
+            stage (decoding capacity where a stage has few or no latents).
+        kernel_sizes: depthwise kernel of the stage's blocks (odd).
+        stem_stride: the first (patchifying) convolution's stride and kernel.
+    """
+
+    widths: tuple[int, ...] = (64, 96, 96, 96, 96)
+    encoder_blocks: tuple[int, ...] = (2, 2, 2, 1, 1)
+    latent_blocks: tuple[int, ...] = (3, 3, 3, 2, 1)
+    latent_channels: tuple[int, ...] = (8, 10, 12, 14, 16)
+    decoder_blocks: tuple[int, ...] = (0, 0, 0, 0, 0)
+    kernel_sizes: tuple[int, ...] = (7, 7, 5, 3, 1)
+    stem_stride: int = 4
+
+    def __post_init__(self) -> None:
+        names = ("widths", "encoder_blocks", "latent_blocks", "latent_channels",
+                 "decoder_blocks", "kernel_sizes")
+        for name in names:  # lists (e.g. from JSON) become tuples: hashable, frozen
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        stages = len(self.widths)
+        problems = [f"{n} has {len(getattr(self, n))} entries, widths {stages}"
+                    for n in names if len(getattr(self, n)) != stages]
+        if stages == 0 or self.stem_stride < 1 or min(self.widths, default=0) < 4:
+            problems.append("need >= 1 stage, stem_stride >= 1 and widths >= 4")
+        if not problems and (sum(self.latent_blocks) < 1 or any(
+                k < 1 or k % 2 == 0 for k in self.kernel_sizes) or any(
+                n < 0 or (n > 0 and c < 1) for n, c in
+                zip(self.latent_blocks, self.latent_channels, strict=True))):
+            problems.append("need >= 1 latent layer, odd kernels, and latent "
+                            "channels >= 1 where a stage has latent layers")
+        if problems:
+            raise DVAEError("invalid HierarchicalConfig: " + "; ".join(problems))
+
+    @property
+    def stride(self) -> int:
+        """Input sides must be multiples of this (the model pads to it)."""
+        return self.stem_stride * STAGE_FACTOR ** (len(self.widths) - 1)
+
+    @property
+    def num_layers(self) -> int:
+        """``L``, the number of latent layers (and of streams per image)."""
+        return sum(self.latent_blocks)
+
+
+#: 3 latent layers, one each at strides 4, 16 and 64 (a coarse-to-fine chain
+#: like a two-level hyperprior whose every level also feeds the decoder).
+#: Stride 64: 64×64 samples have a 1×1 top latent, Kodak's 768×512 needs no
+#: padding, and 256×256 patches give a 4×4 top latent (see the module note).
+#: 1.02 M parameters. Measured on one (shared) CPU thread: 0.03 s forward,
+#: 0.19 s forward + backward for 4 images of 64×64; 2.9–3.4 s per step of 8
+#: patches of 256×256 (8 000 steps: 7 h on a CPU). On a GPU we would
+#: train batch 16 for 100 k–200 k steps (QRes-VAE's public script: Adam 2e-4,
+#: batch 16 per GPU, 600 k steps [duan2023qresvae]). lr 5e-4 with a longer
+#: warm-up is our untested middle between the book's 1e-3 and QRes-VAE's 2e-4.
+HIER3 = Preset(
+    HierarchicalConfig(latent_blocks=(1, 0, 1, 0, 1),
+                       latent_channels=(12, 0, 24, 0, 32),
+                       decoder_blocks=(2, 2, 1, 1, 0)),
+    TrainConfig(steps=8_000, batch_size=8, patch_size=256, lr=5e-4,
+                warmup_steps=1_000),
+)
+
+#: QRes-VAE's layout (12 latent layers: 1, 2, 3, 3, 3 from stride 64 down to
+#: stride 4; latent channels 16 … 8) at about 1/20 of its parameters: 1.67 M.
+#: The book's hierarchical model. Measured on one (shared) CPU thread: 0.06 s
+#: forward, 0.26–0.29 s forward + backward for 4 images of 64×64; 4.9–6.2 s
+#: per step of 8 patches of 256×256 (8 000 steps: 11–14 h on a CPU). GPU
+#: recipe as for :data:`HIER3`.
+HIER12 = Preset(
+    HierarchicalConfig(),
+    TrainConfig(steps=8_000, batch_size=8, patch_size=256, lr=5e-4,
+                warmup_steps=1_000),
+)
+
+#: QRes-VAE (34 M) as published [duan2023qresvae]: widths 192/384, encoder
+#: blocks 6, 6, 6, 4, 2, kernels 7, 7, 5, 3, 1, the HIER12 latent layout; its
+#: public recipe: 256×256 COCO crops, Adam 2e-4 constant, gradient clip 2,
+#: EMA 0.9999, 4 GPUs × 16 per step, 600 k steps. For reference, not shipped:
+#: our blocks differ in detail: 31.7 M parameters here, not 34 M.
+PAPER = Preset(
+    HierarchicalConfig(widths=(192, 384, 384, 384, 384),
+                       encoder_blocks=(6, 6, 6, 4, 2)),
+    TrainConfig(steps=600_000, batch_size=64, patch_size=256, lr=2e-4,
+                warmup_steps=0, lr_decay_fraction=0.0, grad_clip=2.0,
+                ema_decay=0.9999),
+)
+#: Hierarchical presets by name (not yet in :data:`PRESETS`: ``dvae train``
+#: builds a SingleLayerVAE from those).
+HIERARCHICAL_PRESETS: dict[str, Preset] = {"hier3": HIER3, "hier12": HIER12,
+                                           "paper": PAPER}

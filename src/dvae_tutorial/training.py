@@ -184,7 +184,8 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    ckpt = {"version": CHECKPOINT_VERSION, "step": 0, "skipped": 0, "wall_s": 0.0,
+    ckpt = {"version": CHECKPOINT_VERSION, "family": getattr(model, "family", "single"),
+            "step": 0, "skipped": 0, "wall_s": 0.0,
             "model_config": asdict(model.config), "train_config": asdict(cfg),
             "history": {"train": [], "val": []}}
     path = Path(checkpoint_path) if checkpoint_path else None
@@ -262,10 +263,20 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float,
 
 def _restore(saved: dict, fresh: dict, model, ema, optimizer) -> dict:
     """Load a full checkpoint into the run after checking it is the same run."""
-    for key in ("model_config", "train_config"):
-        if saved.get(key) != fresh[key]:
-            raise DVAEError(f"the checkpoint's {key} differs from this run's; resume "
-                            "with the same configs, or use another checkpoint path")
+    if saved.get("model_config") != fresh["model_config"]:
+        raise DVAEError("the checkpoint's model_config differs from this run's; resume "
+                        "with the same preset, or use another checkpoint path")
+    # ``steps`` may change on resume (extend or shorten a run: the learning-rate
+    # schedule follows the new total); every other recipe field must match.
+    old, new = dict(saved.get("train_config") or {}), dict(fresh["train_config"])
+    if {**old, "steps": None} != {**new, "steps": None}:
+        raise DVAEError("the checkpoint's train_config differs from this run's (other "
+                        "than steps); resume with the same configs, or use another "
+                        "checkpoint path")
+    if saved["step"] > new["steps"]:
+        raise DVAEError(f"the checkpoint is at step {saved['step']}, past the "
+                        f"{new['steps']} steps asked for")
+    saved["train_config"] = new
     if "optimizer" not in saved:
         raise DVAEError("the checkpoint is a shipped fp16 file; it cannot be resumed")
     model.load_state_dict(saved["model"])
