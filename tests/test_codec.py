@@ -8,10 +8,12 @@ shipped models on Kodak.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import MIRROR
 from PIL import Image
 
 from dvae_tutorial import codec
@@ -207,6 +209,27 @@ def test_cli_refuses_two_inputs_with_one_output_name(models, tmp_path, capsys):
     code = main(["compress", str(tmp_path / "a.png"), str(tmp_path / "a.jpg"),
                  "--model", "tiny-f", "--out-dir", str(tmp_path)])
     assert code == 2 and "both be written" in capsys.readouterr().err
+
+
+def test_dvae_evaluate_writes_kodak_rows_from_real_files(models, kodak, tmp_path,
+                                                       monkeypatch, capsys):
+    monkeypatch.setenv("DVAE_DATA", str(MIRROR))
+    monkeypatch.setenv("DVAE_OFFLINE", "1")
+    report = tmp_path / "r.json"
+    assert main(["evaluate", "--model", "tiny-f", "--model", "tiny-h", "--limit", "2",
+                 "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert [m["model"] for m in data["models"]] == ["tiny-f", "tiny-h"]
+    assert len(data["jpeg"]["bpp"]) == len(data["jpeg"]["psnr"]) >= 4
+    assert "bd_rate_vs_jpeg_percent" not in data  # needs four models
+    for result in data["models"]:
+        assert [r["image"] for r in result["images"]] == ["kodim01", "kodim02"]
+        row = result["images"][0]
+        encoded = codec.compress(kodak[0], result["model"])
+        assert row["bytes"] == len(encoded.data)
+        assert row["bpp"] == pytest.approx(8 * len(encoded.data) / (512 * 768))
+        assert row["estimated_bpp"] < row["bpp"]
+    assert "tiny-h:" in capsys.readouterr().err
 
 
 # --- the shipped models ------------------------------------------------------
