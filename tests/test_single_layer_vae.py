@@ -224,6 +224,8 @@ def test_decompress_equals_eval_forward_and_streams_match_estimates(name, size):
         out = model(x)
     compressed = model.compress(x)
     assert compressed.shape == size
+    assert compressed.bits == pytest.approx(sum(b.item() for b in out.bits.values()),
+                                            rel=1e-6)
     x_hat = model.decompress(compressed.strings, compressed.shape)
     assert torch.equal(x_hat, out.x_hat.clamp(0, 1))
     names = ["z", "y"] if model.config.hyperprior else ["y"]
@@ -240,7 +242,7 @@ def test_compress_rejects_batches_and_decompress_rejects_wrong_streams():
         model.compress(torch.rand(2, 3, 64, 64))
     with pytest.raises(DVAEError, match="shape"):
         model(torch.rand(1, 64, 64))
-    strings, shape = model.compress(_smooth_image(64, 64))
+    strings, shape, _ = model.compress(_smooth_image(64, 64))
     with pytest.raises(CodingError, match="stream"):
         model.decompress(strings[1:], shape)
     with pytest.raises(CodingError):
