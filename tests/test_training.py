@@ -285,6 +285,20 @@ def test_dvae_train_init_fine_tunes_and_records_the_lineage(tmp_path, capsys):
     assert "holds a model with config" in capsys.readouterr().err
 
 
+def test_dvae_train_builds_hierarchical_presets(tmp_path, capsys):
+    from dvae_tutorial.hierarchical_vae import HierarchicalVAE
+
+    photos, out = _photos(tmp_path / "photos"), tmp_path / "h.pt"
+    assert main(["train", "--preset", "hier3", "--steps", "2", "--batch", "2",
+                 "--patch", "64", "--train-dir", str(photos), "--device", "cpu",
+                 "--quiet", "--out", str(out), "--export",
+                 str(tmp_path / "h16.pt")]) == 0
+    assert load_checkpoint(out)["family"] == "hierarchical"
+    model = load_model(tmp_path / "h16.pt")
+    assert isinstance(model, HierarchicalVAE) and model.config.num_layers == 3
+    capsys.readouterr()
+
+
 def test_dvae_train_missing_folder_is_a_one_line_error(tmp_path, capsys):
     code = main(["train", "--preset", "tiny", "--steps", "3", "--out",
                  str(tmp_path / "x.pt"), "--train-dir", str(tmp_path / "nowhere")])

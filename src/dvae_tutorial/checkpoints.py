@@ -91,6 +91,22 @@ def load_checkpoint(path: str | os.PathLike,
     return ckpt
 
 
+def build_model(config) -> torch.nn.Module:
+    """A fresh model for a config: :class:`SingleLayerVAE` for a
+    :class:`~dvae_tutorial.configs.ModelConfig`,
+    :class:`~dvae_tutorial.hierarchical_vae.HierarchicalVAE` for a
+    :class:`~dvae_tutorial.configs.HierarchicalConfig`."""
+    from .configs import HierarchicalConfig
+
+    if isinstance(config, ModelConfig):
+        return SingleLayerVAE(config)
+    if isinstance(config, HierarchicalConfig):
+        from .hierarchical_vae import HierarchicalVAE
+
+        return HierarchicalVAE(config)
+    raise DVAEError(f"no model family for a config of type {type(config).__name__}")
+
+
 def load_model(path: str | os.PathLike,
                map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """The model of a checkpoint's config with its EMA weights (float32, eval mode).
@@ -103,12 +119,11 @@ def load_model(path: str | os.PathLike,
     ckpt = load_checkpoint(path, map_location)
     family = ckpt.get("family", "single")
     if family == "single":
-        model = SingleLayerVAE(ModelConfig(**ckpt["model_config"]))
+        model = build_model(ModelConfig(**ckpt["model_config"]))
     elif family == "hierarchical":
         from .configs import HierarchicalConfig
-        from .hierarchical_vae import HierarchicalVAE
 
-        model = HierarchicalVAE(HierarchicalConfig(**ckpt["model_config"]))
+        model = build_model(HierarchicalConfig(**ckpt["model_config"]))
     else:
         raise DVAEError(f"{path} holds a model of unknown family {family!r}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v

@@ -13,8 +13,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .configs import PRESETS
+from .configs import HIERARCHICAL_PRESETS, PRESETS
 from .errors import DataError, DVAEError
+
+#: Every preset ``dvae train`` knows: single-layer and hierarchical.
+TRAIN_PRESETS = {**PRESETS, **HIERARCHICAL_PRESETS}
 
 
 def _positive_int(text: str) -> int:
@@ -27,13 +30,12 @@ def _positive_int(text: str) -> int:
 def _cli_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoints import load_checkpoint, save_checkpoint
+    from .checkpoints import build_model, load_checkpoint, save_checkpoint
     from .data import PatchDataset, train_dir, val_dir
     from .runtime import default_device, seed_everything
-    from .single_layer_vae import SingleLayerVAE
     from .training import fit
 
-    preset = PRESETS[args.preset]
+    preset = TRAIN_PRESETS[args.preset]
     overrides = {"lmbda": args.lmbda, "steps": args.steps, "batch_size": args.batch,
                  "patch_size": args.patch, "seed": args.seed, "lr": args.lr}
     cfg = replace(preset.train, **{k: v for k, v in overrides.items() if v is not None})
@@ -56,7 +58,7 @@ def _cli_train(args: argparse.Namespace) -> int:
           f" {cfg.steps} steps of {cfg.batch_size}×{cfg.patch_size}² patches from "
           f"{len(patches.paths)} photos in {train_root}, on {device}", file=sys.stderr)
     seed_everything(cfg.seed)
-    model = SingleLayerVAE(preset.model)
+    model = build_model(preset.model)
     parent = _init_from(model, args.init) if args.init else None
     result = fit(model, cfg, patches, val_root, device=device, checkpoint_path=out,
                  resume=args.resume, progress=not args.quiet,
@@ -105,7 +107,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "of photos (default: the mirror's train/, else COCO in the cache), "
         "validating on centre crops of val/. Loss per image: bpp + λ·MSE with "
         "MSE on [0, 1] (λ = 845 is CompressAI's 0.013 on the 0–255 scale).")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="book",
+    parser.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="book",
                         help="model and recipe (default: book)")
     parser.add_argument("--lmbda", type=float, help="λ, weight of the MSE on [0, 1]")
     parser.add_argument("--steps", type=_positive_int, help="optimizer steps")
