@@ -38,13 +38,34 @@ def test_layout_is_the_documented_one():
     assert data[:4] == MAGIC and data[4] == FORMAT_VERSION and data[5] == 1
     n = data[6]
     assert data[7:7 + n] == b"single-845"
-    (lmbda,) = struct.unpack_from("<d", data, 7 + n)
+    (lmbda,) = struct.unpack_from("<f", data, 7 + n)
     assert lmbda == 845.0
-    pos = 7 + n + 8 + 8
-    assert struct.unpack_from("<II", data, pos) == (512, 768)
+    pos = 7 + n + 4
+    assert data[pos:pos + 8] == bytes(range(8))
+    pos += 8
+    # varints: 512 = 0x80 0x04, 768 = 0x80 0x06; 1 stream of ndim 4
+    assert data[pos:pos + 6] == bytes([0x80, 0x04, 0x80, 0x06, 2, 4])
+    # shape (1, 96, 32, 48) one byte each, length 41
+    assert data[pos + 6:pos + 11] == bytes([1, 96, 32, 48, 41])
     size = header_size(data)
     (crc,) = struct.unpack_from("<I", data, size - 4)
     assert crc == zlib.crc32(data[:size - 4])
+    assert size == 4 + 1 + 1 + 1 + n + 4 + 8 + 4 + 1 + (1 + 4 + 1) + (1 + 2 + 1) + 4
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**32 - 1])
+def test_varints_round_trip_through_the_size_fields(value):
+    header = dataclasses.replace(HEADER, height=value, width=max(value, 1))
+    assert unpack(pack(header, STREAMS))[0].height == value
+
+
+def test_overlong_varint_is_a_corrupt_header():
+    data = bytearray(pack(HEADER, STREAMS))
+    n = data[6]
+    pos = 7 + n + 4 + 8
+    bad = bytes(data[:pos]) + bytes([0xFF] * 6) + bytes(data[pos + 2:])
+    with pytest.raises(CodingError, match="'height' is not a valid varint"):
+        unpack(bad)
 
 
 @pytest.mark.parametrize("cut", range(0, 120))
@@ -111,6 +132,8 @@ def test_pack_refuses_what_the_format_cannot_hold():
         pack(Header("single", "m" * 300, 1.0, bytes(8), 1, 1, ((1,),), ()), [b""])
     with pytest.raises(CodingError, match="out of range"):
         pack(Header("single", "m", 1.0, bytes(8), 2**32, 1, ((1,),), ()), [b""])
+    with pytest.raises(CodingError, match="out of range"):
+        pack(Header("single", "m", 1e300, bytes(8), 1, 1, ((1,),), ()), [b""])
     with pytest.raises(CodingError, match="one latent shape per stream"):
         pack(Header("single", "m", 1.0, bytes(8), 1, 1, ((1,),), ()), [b"", b""])
     assert bitstream.MAX_NAME_BYTES == 255

@@ -4,24 +4,30 @@ Backs *A discretized VAE codec* (writing real files). Everything is packed
 with :mod:`struct` in little-endian byte order (never pickle), so a file is
 readable by any language and a reader can say exactly which field is wrong.
 
-Layout (sizes in bytes)::
+Layout (sizes in bytes; "var" is an unsigned LEB128 varint: 7 bits per
+byte, low bits first, high bit set on all but the last byte — 1 byte below
+128, 2 below 16384)::
 
     magic        4   b"DVAE"
     version      1   FORMAT_VERSION
     family       1   1 = single-layer VAE, 2 = hierarchical VAE
     name         1+n length, then the model's name in ASCII
-    lmbda        8   float64, λ of the model (bpp + λ·MSE on [0, 1])
+    lmbda        4   float32, λ of the model (bpp + λ·MSE on [0, 1])
     fingerprint  8   first bytes of the SHA-256 of the model's weights
-    height       4   uint32, image height in pixels
-    width        4   uint32, image width in pixels
+    height       var image height in pixels
+    width        var image width in pixels
     streams      1   uint8, number of latent streams S
     S times:
       ndim       1   uint8
-      shape      4·ndim  uint32 each, the latent's shape
-      length     4   uint32, bytes of the stream
-    header_crc   4   CRC-32 of every header byte before it
+      shape      var × ndim, the latent's shape
+      length     var bytes of the stream
+    header_crc   4   CRC-32 (little-endian) of every header byte before it
     S streams back to back (each carries its own CRC-32, see
     :mod:`dvae_tutorial.entropy_coding`)
+
+A Kodak file's header is 45 bytes (a 768×512 image, one stream): at
+0.15 bpp, 0.6 % of the file. Varints rather than fixed 32-bit fields save a
+third of it, which matters at low rates.
 
 The file's length must be exactly header + Σ lengths: truncated or extended
 files are refused before any decoding. Every problem raises
@@ -49,7 +55,21 @@ FINGERPRINT_BYTES = 8
 #: Latent tensors have at most this many dimensions (batch, channels, H, W).
 MAX_NDIM = 8
 
-_U8, _U32, _F64 = struct.Struct("<B"), struct.Struct("<I"), struct.Struct("<d")
+_U8, _U32, _F32 = struct.Struct("<B"), struct.Struct("<I"), struct.Struct("<f")
+#: Varints of at most 5 bytes: every value below 2**32.
+_VARINT_MAX_BYTES = 5
+
+
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128 of ``0 <= value < 2**32``."""
+    if not 0 <= value < 2**32:
+        raise CodingError(f"a header field is out of range: {value}")
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -59,7 +79,7 @@ class Header:
     Attributes:
         family: ``"single"`` or ``"hierarchical"``.
         model: name of the shipped model that wrote the file.
-        lmbda: its λ (bpp + λ·MSE on [0, 1]).
+        lmbda: its λ (bpp + λ·MSE on [0, 1]), stored as float32.
         fingerprint: :data:`FINGERPRINT_BYTES` bytes of its weights' SHA-256.
         height, width: the image's size in pixels.
         shapes: the shape of each stream's latent tensor.
@@ -95,17 +115,17 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
         raise CodingError("need one latent shape per stream, 1–255 streams")
     out = bytearray(MAGIC)
     out += _U8.pack(FORMAT_VERSION) + _U8.pack(FAMILIES[header.family])
-    out += _U8.pack(len(name)) + name + _F64.pack(header.lmbda) + header.fingerprint
     try:
-        out += _U32.pack(header.height) + _U32.pack(header.width)
-        out += _U8.pack(len(streams))
-        for shape, stream in zip(header.shapes, streams, strict=True):
-            if not 0 < len(shape) <= MAX_NDIM:
-                raise CodingError(f"a latent shape needs 1–{MAX_NDIM} dimensions")
-            out += _U8.pack(len(shape)) + b"".join(_U32.pack(d) for d in shape)
-            out += _U32.pack(len(stream))
-    except struct.error as err:
+        out += _U8.pack(len(name)) + name + _F32.pack(header.lmbda) + header.fingerprint
+    except (struct.error, OverflowError) as err:
         raise CodingError(f"a header field is out of range: {err}") from None
+    out += _varint(header.height) + _varint(header.width)
+    out += _U8.pack(len(streams))
+    for shape, stream in zip(header.shapes, streams, strict=True):
+        if not 0 < len(shape) <= MAX_NDIM:
+            raise CodingError(f"a latent shape needs 1–{MAX_NDIM} dimensions")
+        out += _U8.pack(len(shape)) + b"".join(_varint(d) for d in shape)
+        out += _varint(len(stream))
     out += _U32.pack(zlib.crc32(out))
     return bytes(out) + b"".join(streams)
 
@@ -127,6 +147,18 @@ class _Reader:
 
     def number(self, fmt: struct.Struct, field: str):
         return fmt.unpack(self.take(fmt.size, field))[0]
+
+    def varint(self, field: str) -> int:
+        value = 0
+        for i in range(_VARINT_MAX_BYTES):
+            byte = self.take(1, field)[0]
+            value |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if value >= 2**32:
+                    break
+                return value
+        raise CodingError(f"the header is corrupt: field '{field}' is not a valid "
+                          "varint")
 
 
 def unpack(data: bytes) -> tuple[Header, list[bytes]]:
@@ -155,17 +187,17 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
                           f"dvae-tutorial reads version {FORMAT_VERSION})")
     code = r.number(_U8, "family")
     name = r.take(r.number(_U8, "name length"), "name")
-    lmbda = r.number(_F64, "lmbda")
+    lmbda = r.number(_F32, "lmbda")
     fingerprint = r.take(FINGERPRINT_BYTES, "fingerprint")
-    height, width = r.number(_U32, "height"), r.number(_U32, "width")
+    height, width = r.varint("height"), r.varint("width")
     shapes, lengths = [], []
     for i in range(r.number(_U8, "number of streams")):
         ndim = r.number(_U8, f"stream {i} ndim")
         if not 0 < ndim <= MAX_NDIM:
             raise CodingError(f"the header is corrupt: stream {i} has {ndim} "
                               "dimensions")
-        shapes.append(tuple(r.number(_U32, f"stream {i} shape") for _ in range(ndim)))
-        lengths.append(r.number(_U32, f"stream {i} length"))
+        shapes.append(tuple(r.varint(f"stream {i} shape") for _ in range(ndim)))
+        lengths.append(r.varint(f"stream {i} length"))
     crc = r.number(_U32, "header_crc")
     if zlib.crc32(data[:r.pos - _U32.size]) != crc:
         raise CodingError("the header is corrupt (its CRC-32 does not match)")
