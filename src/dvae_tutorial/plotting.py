@@ -564,6 +564,7 @@ def plot_training_history(history, *, lmbda, title=None):
     axes[0].plot(steps, [r["loss"] for r in train], color=COLORS["model"],
                  label="train (noisy $\\tilde y$)")
     axes[0].set_ylabel(f"bpp + λ·MSE  (λ = {lmbda:g}, MSE on [0, 1])")
+    axes[0].set_yscale("log")
     axes[1].plot(steps, [r["bpp"] for r in train], color=COLORS["model"],
                  label="train")
     axes[2].plot(steps, [10 * np.log10(1 / r["mse"]) for r in train],
