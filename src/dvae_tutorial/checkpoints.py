@@ -126,9 +126,15 @@ def load_model(path: str | os.PathLike,
         model = build_model(HierarchicalConfig(**ckpt["model_config"]))
     else:
         raise DVAEError(f"{path} holds a model of unknown family {family!r}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                           for k, v in ckpt["ema"].items()})
+    model.load_state_dict(ema_weights(ckpt))
     return model.to(map_location).eval()
+
+
+def ema_weights(checkpoint: dict) -> dict:
+    """The checkpoint's EMA weights as a float32 state dict (shipped files
+    store them in float16)."""
+    return {k: v.float() if v.is_floating_point() else v
+            for k, v in checkpoint["ema"].items()}
 
 
 def lineage(recipe: dict) -> list[dict]:

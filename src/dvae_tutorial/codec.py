@@ -82,11 +82,14 @@ def load_shipped(name: str) -> torch.nn.Module:
     """
     path = WEIGHTS_DIR / f"{name}.pt"
     if not path.is_file():
-        names = ", ".join(i.name for i in shipped_models()) or "none"
-        raise DVAEError(f"no shipped model named {name!r} (shipped: {names}); "
-                        "`dvae models` lists them")
+        raise DVAEError(f"no shipped model named {name!r} (shipped: "
+                        f"{_shipped_names()}); `dvae models` lists them")
     stat = path.stat()
     return _load(path, stat.st_mtime_ns, stat.st_size)
+
+
+def _shipped_names() -> str:
+    return ", ".join(i.name for i in shipped_models()) or "none"
 
 
 @functools.lru_cache(maxsize=8)
@@ -177,11 +180,12 @@ def decompress(data: bytes, model: torch.nn.Module | None = None) -> np.ndarray:
     """
     header, streams = bitstream.unpack(data)
     if model is None:
-        if not (WEIGHTS_DIR / f"{header.model}.pt").is_file():
-            names = ", ".join(i.name for i in shipped_models()) or "none"
+        try:
+            model = load_shipped(header.model)
+        except DVAEError:
             raise CodingError(f"the file was written by model {header.model!r}, "
-                              f"which this installation does not ship ({names})")
-        model = load_shipped(header.model)
+                              "which this installation does not ship "
+                              f"({_shipped_names()})") from None
     if fingerprint(model) != header.fingerprint:
         raise CodingError(f"the file was written by other weights than this "
                           f"installation's model {header.model!r} (fingerprint "
@@ -207,8 +211,12 @@ def output_path(source: str | os.PathLike, out_dir: str | os.PathLike,
 def compress_file(source: str | os.PathLike, out_dir: str | os.PathLike,
                   model: str) -> tuple[Path, Encoded]:
     """Read an image file, write ``out_dir/<stem>.dvae``; return its path and
-    :class:`Encoded`. Raises DataError for an unreadable image."""
-    encoded = compress(load_image(source), model)
+    :class:`Encoded`. Errors name the file (DataError: unreadable image)."""
+    image = load_image(source)
+    try:
+        encoded = compress(image, model)
+    except CodingError as err:
+        raise CodingError(f"{source}: {err}") from None
     target = output_path(source, out_dir, SUFFIX)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(encoded.data)

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from .bitstream import FAMILIES
 from .errors import DVAEError
 
 
@@ -40,9 +41,8 @@ def _run_each(paths: list[str], command: str, work) -> int:
     for path in paths:
         try:
             print(work(path))
-        except DVAEError as err:
-            message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
-            print(f"dvae {command}: error: {message}", file=sys.stderr)
+        except DVAEError as err:  # compress_file/decompress_file name the file
+            print(f"dvae {command}: error: {err}", file=sys.stderr)
             failed += 1
     return 2 if failed else 0
 
@@ -111,7 +111,7 @@ def _cli_evaluate(args: argparse.Namespace) -> int:
 def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``models``, ``compress``, ``decompress`` and ``evaluate``."""
     p = sub.add_parser("models", help="list the shipped models: NAME FAMILY LMBDA")
-    p.add_argument("--family", choices=["single", "hierarchical"])
+    p.add_argument("--family", choices=sorted(FAMILIES))
     p.set_defaults(func=_cli_models)
 
     p = sub.add_parser("compress", help="compress images to .dvae files",
@@ -135,7 +135,7 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
                        "−Σlog₂P, 8-bit PSNR; the Pillow JPEG sweep; BD-rate.")
     p.add_argument("--model", action="append", help="model name (repeatable; "
                    "default: every shipped model of --family)")
-    p.add_argument("--family", choices=["single", "hierarchical"], default="single")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="single")
     p.add_argument("--limit", type=int, help="only the first N Kodak images")
     p.add_argument("--json", metavar="PATH", help="write the report here, not stdout")
     p.set_defaults(func=_cli_evaluate)

@@ -37,12 +37,17 @@ def jpeg_point(image, quality: int) -> RDPoint:
     the JPEG file Pillow writes, decoded back to measure PSNR.
     """
     pixels = to_uint8(image)
+    data, decoded = _jpeg_round_trip(pixels, quality)
+    height, width = pixels.shape[:2]
+    return RDPoint(len(data), bpp(8 * len(data), height, width), psnr_8bit(pixels, decoded))
+
+
+def _jpeg_round_trip(pixels: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
+    """Pillow JPEG file bytes of uint8 ``pixels`` and the decoded uint8 image."""
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=int(quality))
     data = buffer.getvalue()
-    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    height, width = pixels.shape[:2]
-    return RDPoint(len(data), bpp(8 * len(data), height, width), psnr_8bit(pixels, decoded))
+    return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def jpeg_curve(images: Sequence, qualities: Sequence[int] = JPEG_QUALITIES):
@@ -179,7 +184,4 @@ def jpeg_at_rate(image, target_bpp: float) -> tuple[int, RDPoint, np.ndarray]:
             lo = mid
         else:
             hi = mid - 1
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=lo)
-    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-    return lo, jpeg_point(pixels, lo), decoded
+    return lo, jpeg_point(pixels, lo), _jpeg_round_trip(pixels, lo)[1]

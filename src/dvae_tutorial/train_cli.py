@@ -83,15 +83,14 @@ def _init_from(model, path: str) -> dict:
     from another λ); returns what the recipe records about that parent run."""
     from dataclasses import asdict
 
-    from .checkpoints import load_checkpoint
+    from .checkpoints import ema_weights, load_checkpoint
 
     ckpt = load_checkpoint(path)
     if ckpt["model_config"] != asdict(model.config):
         raise DVAEError(f"--init {path} holds a model with config "
                         f"{ckpt['model_config']}, not this preset's "
                         f"{asdict(model.config)}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                           for k, v in ckpt["ema"].items()})
+    model.load_state_dict(ema_weights(ckpt))
     recipe = ckpt.get("recipe", {})
     return {"file": Path(path).name, "step": ckpt["step"],
             **{k: recipe.get(k) for k in ("lmbda", "steps", "batch_size", "patch_size",
