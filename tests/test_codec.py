@@ -17,25 +17,30 @@ from conftest import MIRROR
 from PIL import Image
 
 from dvae_tutorial import codec
-from dvae_tutorial.checkpoints import CHECKPOINT_VERSION, save_checkpoint
+from dvae_tutorial.checkpoints import CHECKPOINT_VERSION, build_model, save_checkpoint
 from dvae_tutorial.cli import main
-from dvae_tutorial.configs import ModelConfig, TrainConfig
+from dvae_tutorial.configs import HierarchicalConfig, ModelConfig, TrainConfig
 from dvae_tutorial.entropy_coding import decode_latents
 from dvae_tutorial.errors import CodingError, DataError, DVAEError
 from dvae_tutorial.images import load_image, to_tensor01
 from dvae_tutorial.metrics import to_uint8
 from dvae_tutorial.quantization import quantize
-from dvae_tutorial.single_layer_vae import SingleLayerVAE, pad_to_multiple
+from dvae_tutorial.single_layer_vae import pad_to_multiple
 
 torch.set_num_threads(1)
 FACT = ModelConfig(channels=8, latent_channels=8, hyperprior=False)
 HYPER = ModelConfig(channels=8, latent_channels=8, hyperprior=True, hyper_channels=8)
+HIER = HierarchicalConfig(widths=(8, 8, 8), encoder_blocks=(1, 1, 1),
+                          latent_blocks=(2, 1, 1), latent_channels=(2, 3, 4),
+                          decoder_blocks=(1, 0, 0), kernel_sizes=(3, 3, 1),
+                          stem_stride=2)
 
 
 def write_model(folder, name, config, lmbda, seed):
     torch.manual_seed(seed)
-    model = SingleLayerVAE(config).eval()
-    ckpt = {"version": CHECKPOINT_VERSION, "model_config": dataclasses.asdict(config),
+    model = build_model(config).eval()
+    ckpt = {"version": CHECKPOINT_VERSION, "family": model.family,
+            "model_config": dataclasses.asdict(config),
             "train_config": dataclasses.asdict(TrainConfig(lmbda=lmbda)), "step": 0,
             "history": {}, "recipe": {"lmbda": lmbda}, "ema": model.state_dict()}
     save_checkpoint(folder / f"{name}.pt", ckpt, fp16=True)
@@ -47,7 +52,8 @@ def models(tmp_path, monkeypatch):
     folder = tmp_path / "weights"
     monkeypatch.setattr(codec, "WEIGHTS_DIR", folder)
     return {"tiny-f": write_model(folder, "tiny-f", FACT, 100.0, 0),
-            "tiny-h": write_model(folder, "tiny-h", HYPER, 400.0, 1)}
+            "tiny-h": write_model(folder, "tiny-h", HYPER, 400.0, 1),
+            "tiny-q": write_model(folder, "tiny-q", HIER, 200.0, 2)}
 
 
 def photo(h, w, seed=0):
@@ -79,7 +85,7 @@ ODD = {  # name -> (Pillow image to save, suffix)
 
 
 @pytest.mark.parametrize("name", sorted(ODD))
-@pytest.mark.parametrize("model_name", ["tiny-f", "tiny-h"])
+@pytest.mark.parametrize("model_name", ["tiny-f", "tiny-h", "tiny-q"])
 def test_odd_images_round_trip_through_files(models, tmp_path, name, model_name,
                                              capsys):
     image, suffix = ODD[name]
@@ -263,3 +269,50 @@ def test_every_kodak_image_round_trips_through_the_commands(kodak, tmp_path, cap
     for source, image in zip(sources, kodak, strict=True):
         decoded = np.asarray(Image.open(tmp_path / "d" / f"{source.stem}.png"))
         np.testing.assert_array_equal(decoded, reference(model, image))
+
+
+def test_progressive_decoding_through_the_command(models, tmp_path, capsys):
+    """``dvae decompress --layers K`` writes the model's K-layer reconstruction:
+    K = L is the full decode, K = 0 the prior-mean image (no stream read)."""
+    source = tmp_path / "p.png"
+    Image.fromarray(photo(40, 56, seed=3)).save(source)
+    assert main(["compress", str(source), "--model", "tiny-q", "--out-dir",
+                 str(tmp_path / "c")]) == 0
+    data = (tmp_path / "c" / "p.dvae").read_bytes()
+    model, layers = models["tiny-q"], HIER.num_layers
+    strings = list(compressed_streams(data))
+    outputs = []
+    for k in range(layers + 1):
+        assert main(["decompress", str(tmp_path / "c" / "p.dvae"), "--out-dir",
+                     str(tmp_path / f"d{k}"), "--layers", str(k)]) == 0
+        with Image.open(tmp_path / f"d{k}" / "p.png") as out:
+            outputs.append(np.asarray(out))
+        expected = to_uint8(model.decompress_progressive(strings, (40, 56), k)[0]
+                            .permute(1, 2, 0))
+        np.testing.assert_array_equal(outputs[-1], expected)
+    np.testing.assert_array_equal(outputs[-1], codec.decompress(data))
+    assert not np.array_equal(outputs[0], outputs[-1])  # the layers carry the image
+    assert "first 0 latent layers" in capsys.readouterr().out
+
+
+def compressed_streams(data):
+    from dvae_tutorial import bitstream
+    return bitstream.unpack(data)[1]
+
+
+def test_progressive_decoding_refuses_single_layer_files_and_bad_k(models, tmp_path,
+                                                                  capsys):
+    source = tmp_path / "p.png"
+    Image.fromarray(photo(32, 32)).save(source)
+    for name in ("tiny-f", "tiny-q"):
+        assert main(["compress", str(source), "--model", name, "--out-dir",
+                     str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert main(["decompress", str(tmp_path / "tiny-f" / "p.dvae"), "--out-dir",
+                 str(tmp_path / "d"), "--layers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "progressive decoding needs a hierarchical model" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["decompress", str(tmp_path / "tiny-q" / "p.dvae"), "--out-dir",
+                 str(tmp_path / "d"), "--layers", str(HIER.num_layers + 1)]) == 2
+    assert "k must be between 0 and 4" in capsys.readouterr().err

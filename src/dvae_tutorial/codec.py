@@ -164,17 +164,22 @@ def compress(image: np.ndarray, model: str | torch.nn.Module,
     return Encoded(data, float(compressed.bits), height, width)
 
 
-def decompress(data: bytes, model: torch.nn.Module | None = None) -> np.ndarray:
+def decompress(data: bytes, model: torch.nn.Module | None = None,
+               layers: int | None = None) -> np.ndarray:
     """The bytes of a ``.dvae`` file → the uint8 ``(H, W, 3)`` reconstruction.
 
     Args:
         data: a file written by :func:`compress`.
         model: decode with this model instead of the shipped one named in the
             header (its fingerprint must still match).
+        layers: progressive decoding (hierarchical models only): decode the
+            first ``layers`` latent layers and put the others at their prior
+            means; ``None`` decodes them all.
 
     Raises:
         CodingError: empty, foreign, truncated or corrupt file, or a file
             written by a model this installation does not have (names which).
+        DVAEError: ``layers`` for a single-layer file, or outside ``0 … L``.
 
     See: *A discretized VAE codec* (compressing to bytes).
     """
@@ -198,7 +203,13 @@ def decompress(data: bytes, model: torch.nn.Module | None = None) -> np.ndarray:
     if header.shapes != expected:
         raise CodingError(f"the header's latent shapes {header.shapes} do not fit "
                           f"model {header.model!r} for a {size} image {expected}")
-    x_hat = model.decompress(streams, size)
+    if layers is None:
+        x_hat = model.decompress(streams, size)
+    elif not hasattr(model, "decompress_progressive"):
+        raise DVAEError(f"progressive decoding needs a hierarchical model; "
+                        f"{header.model!r} is a {header.family} model")
+    else:
+        x_hat = model.decompress_progressive(streams, size, layers)
     return to_uint8(x_hat[0].permute(1, 2, 0))  # HWC: (3, 1, 1) is ambiguous
 
 
@@ -223,17 +234,18 @@ def compress_file(source: str | os.PathLike, out_dir: str | os.PathLike,
     return target, encoded
 
 
-def decompress_file(source: str | os.PathLike,
-                    out_dir: str | os.PathLike) -> tuple[Path, np.ndarray]:
+def decompress_file(source: str | os.PathLike, out_dir: str | os.PathLike,
+                    layers: int | None = None) -> tuple[Path, np.ndarray]:
     """Read a ``.dvae`` file, write ``out_dir/<stem>.png`` (lossless PNG of the
-    reconstruction); return its path and the pixels."""
+    reconstruction; of the first ``layers`` layers, see :func:`decompress`);
+    return its path and the pixels."""
     try:
         data = Path(source).read_bytes()
     except OSError as err:
         raise DataError(f"cannot read {source}: {err.strerror or err}") from None
     try:
-        pixels = decompress(data)
-    except CodingError as err:
+        pixels = decompress(data, layers=layers)
+    except DVAEError as err:
         raise CodingError(f"{source}: {err}") from None
     target = output_path(source, out_dir, ".png")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -67,8 +67,9 @@ def _cli_decompress(args: argparse.Namespace) -> int:
     _check_stems(args.files, "decompress")
 
     def work(path: str) -> str:
-        target, pixels = decompress_file(path, args.out_dir)
-        return f"{path} -> {target}: {pixels.shape[1]}×{pixels.shape[0]}"
+        target, pixels = decompress_file(path, args.out_dir, args.layers)
+        part = "" if args.layers is None else f" (first {args.layers} latent layers)"
+        return f"{path} -> {target}: {pixels.shape[1]}×{pixels.shape[0]}{part}"
 
     return _run_each(args.files, "decompress", work)
 
@@ -127,6 +128,9 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
                        "model is read from each file's header.")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--out-dir", required=True, metavar="DIR")
+    p.add_argument("--layers", type=int, metavar="K",
+                   help="progressive decoding (hierarchical models): decode only "
+                   "the first K latent layers, the rest at their prior means")
     p.set_defaults(func=_cli_decompress)
 
     p = sub.add_parser("evaluate", help="Kodak RD points of shipped models vs JPEG",
