@@ -240,3 +240,15 @@ def test_kl_of_the_uniform_posterior_is_the_expected_code_length(y, mu, sigma):
     kl = uniform_kl(y, log_p_hat).item()
     assert kl >= 0
     assert abs(mc - kl) < 4 * se, (mc, kl, se)
+
+
+def test_noise_for_half_precision_latents_is_added_in_float32():
+    """Under autocast ``y`` may be bf16, whose grid is 1/8 at |y| >= 16: the
+    noisy latent must not be rounded back onto it."""
+    y = torch.full((4096,), 20.0, dtype=torch.bfloat16)
+    y_tilde = add_uniform_noise(y, torch.Generator().manual_seed(0))
+    assert y_tilde.dtype == torch.float32
+    assert len(torch.unique(y_tilde)) > 4000  # bf16 would leave ~9 values
+    assert float((y_tilde - 20.0).abs().max()) <= 0.5
+    y64 = torch.zeros(3, dtype=torch.float64)
+    assert add_uniform_noise(y64).dtype == torch.float64

@@ -306,3 +306,50 @@ def test_dvae_train_missing_folder_is_a_one_line_error(tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1 and "nowhere" in err and "does not exist" in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_rate_stays_float32_under_bf16_autocast():
+    from dvae_tutorial.distributions import discretized_gaussian_bits
+
+    g = torch.Generator().manual_seed(0)
+    y = (torch.randn(2, 8, 4, 4, generator=g) * 3).bfloat16()
+    mean = torch.zeros(8, 1, 1)
+    scale = (0.2 + 2 * torch.rand(8, 1, 1, generator=g)).bfloat16()
+    exact = discretized_gaussian_bits(y.float(), mean, scale.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as a GPU run computes it
+        bits = discretized_gaussian_bits(y, mean.bfloat16(), scale)
+    assert bits.dtype == torch.float32
+    torch.testing.assert_close(bits, exact, rtol=1e-6, atol=1e-6)
+    model, x = _model().eval(), SmoothPatches().x[:2]
+    latents = []
+    model.g_a.register_forward_hook(lambda m, a, out: latents.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert latents == [torch.bfloat16]  # the transforms did run in bfloat16
+    assert {v.dtype for v in out.bits.values()} == {torch.float32}
+    assert out.bpp.dtype == torch.float32
+
+
+def test_train_step_runs_the_forward_in_the_autocast_dtype():
+    x, cfg, dtypes = SmoothPatches().x[:4], dataclasses.replace(CFG, steps=100), []
+    losses = []
+    for amp_dtype in (None, torch.bfloat16):
+        model = _model()
+        model.g_s.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+        optimizer = torch.optim.Adam(model.parameters())
+        losses.append(train_step(model, optimizer, x, cfg, 0, amp_dtype)[0])
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)
+
+
+def test_autocast_is_bf16_on_a_cuda_gpu_that_has_it_and_never_on_cpu(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert training.autocast_dtype(cuda) is torch.bfloat16
+    assert training.autocast_dtype(cuda, amp=False) is None
+    assert training.autocast_dtype(torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert training.autocast_dtype(cuda) is None  # float16 would need a GradScaler
+    result = fit(_model(), dataclasses.replace(CFG, steps=1), SmoothPatches(),
+                 device="cpu", progress=False)
+    assert result.recipe["precision"] == "fp32" and result.recipe["world_size"] == 1

@@ -26,10 +26,14 @@ the mean both cdf values round to 0 or 1 and their difference to 0, so
 3. when the bin is narrower than float resolution (enormous scales) the
    midpoint rule ``density * 1`` is used;
 4. scales are clamped below by :data:`SCALE_LOWER_BOUND`.
+
+Mixed precision: the log-masses are always evaluated in at least float32,
+also inside ``torch.autocast`` (see :func:`_rate_in_float32`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -58,6 +62,35 @@ ENTROPY_SUPPORT_SIGMAS = 12.0
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
+#: Dtypes too coarse for a rate: bfloat16 keeps 8 significant bits (a
+#: log-mass of 10 nats rounds by up to 0.03), float16 overflows at 65504 (the
+#: far-tail squares) and neither can sum 10^5 log-masses.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _rate_in_float32(log_mass):
+    """Evaluate ``log_mass(y, mean, scale)`` in float32 at least, even under autocast.
+
+    Mixed-precision training runs the transforms under ``torch.autocast``, so
+    their outputs (the latents, and means and scales from convolutions) come
+    here in bfloat16. The rate is computed with autocast off and those inputs
+    cast to float32; float32 and float64 inputs are untouched, so results
+    outside autocast are exactly those of ``log_mass`` itself.
+    """
+
+    @functools.wraps(log_mass)
+    def guarded(y: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
+        args = (y, mean, scale)
+        device = next((t.device.type for t in args if torch.is_tensor(t)), "cpu")
+        half = [torch.is_tensor(t) and t.dtype in _HALF_DTYPES for t in args]
+        if not (any(half) or torch.is_autocast_enabled(device)):
+            return log_mass(y, mean, scale)
+        upcast = (t.float() if h else t for t, h in zip(args, half, strict=True))
+        with torch.autocast(device_type=device, enabled=False):
+            return log_mass(*upcast)
+
+    return guarded
+
 
 def _log_bin_mass(upper: Tensor, d: Tensor, midpoint: Tensor) -> Tensor:
     """``log(F(b) - F(a))`` from ``upper = log F(b)`` and ``d = log F(a) - upper``.
@@ -82,6 +115,7 @@ def _mirrored_offset(y: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
     return torch.maximum(t, -cap * scale)
 
 
+@_rate_in_float32
 def discretized_gaussian_log_mass(y: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
     """Natural log of ``F(y + 1/2) - F(y - 1/2)`` for ``F`` the cdf of N(mean, scale²).
 
@@ -140,6 +174,7 @@ def discretized_gaussian_bits(y: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
     return -discretized_gaussian_log_mass(y, mean, scale) / math.log(2.0)
 
 
+@_rate_in_float32
 def discretized_logistic_log_mass(y: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
     """Natural log of ``F(y + 1/2) - F(y - 1/2)`` for ``F`` a logistic cdf.
 

@@ -64,13 +64,15 @@ def add_uniform_noise(y: Tensor, generator: torch.Generator | None = None) -> Te
         generator: optional torch generator for reproducible noise.
 
     Returns:
-        ``y_tilde``, same shape, dtype and device as ``y``, with
-        ``|y_tilde - y| <= 1/2``.
+        ``y_tilde``, same shape and device as ``y``, with ``|y_tilde - y| <= 1/2``;
+        float32 for half-precision ``y`` (under autocast a bf16 ``y + u`` would
+        sit on a grid of 1/8 for ``|y| >= 16``), else ``y``'s dtype.
 
     See: *Quantization and the uniform-noise relaxation*.
     """
-    u = torch.rand(y.shape, generator=generator, dtype=y.dtype, device=y.device)
-    return y + (u - 0.5)
+    dtype = torch.promote_types(y.dtype, torch.float32)
+    u = torch.rand(y.shape, generator=generator, dtype=dtype, device=y.device)
+    return y.to(dtype) + (u - 0.5)
 
 
 def round_st(y: Tensor) -> Tensor:

@@ -4,6 +4,10 @@ A thin layer over :func:`dvae_tutorial.training.fit` (backs the book's
 appendix on the ``dvae`` command and the training section of *A discretized
 VAE codec*). torch is imported only when the command runs, so ``dvae --help``
 stays fast; the package's errors become one line on stderr in :mod:`.cli`.
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1) the same command trains
+data-parallel, one process per GPU (:mod:`~dvae_tutorial.distributed`); only
+rank 0 prints, writes and exports.
 """
 
 from __future__ import annotations
@@ -19,6 +23,20 @@ from .errors import DataError, DVAEError
 #: Every preset ``dvae train`` knows: single-layer and hierarchical.
 TRAIN_PRESETS = {**PRESETS, **HIERARCHICAL_PRESETS}
 
+#: The end of ``dvae train --help``: precision and several GPUs.
+EPILOG = """\
+precision: with --amp auto (the default) a CUDA GPU that supports bfloat16
+  runs the forward under torch.autocast(bfloat16); the rate stays float32.
+  Other GPUs and the CPU train in float32. The recipe records the precision.
+
+several GPUs: launch the same command with torchrun, one process per GPU:
+  torchrun --nproc_per_node 4 -m dvae_tutorial.cli train --preset hier12 \\
+      --out runs/hier12.pt
+  --batch stays the global batch (each of the N processes takes batch/N
+  patches; it must be divisible by N). Rank 0 alone prints, validates and
+  writes --out and --export; --resume restarts every process from --out.
+"""
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -30,10 +48,8 @@ def _positive_int(text: str) -> int:
 def _cli_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoints import build_model, load_checkpoint, save_checkpoint
-    from .data import PatchDataset, train_dir, val_dir
-    from .runtime import default_device, seed_everything
-    from .training import fit
+    from . import distributed
+    from .runtime import default_device
 
     preset = TRAIN_PRESETS[args.preset]
     overrides = {"lmbda": args.lmbda, "steps": args.steps, "batch_size": args.batch,
@@ -46,23 +62,46 @@ def _cli_train(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     if device == "cuda" and not torch.cuda.is_available():
         raise DVAEError("--device cuda was asked for, but torch sees no GPU")
+    size = distributed.launched_size()
+    if size == 1:
+        return _train(args, preset, cfg, out, device)
+    distributed.shard(cfg.batch_size, distributed.World(0, size))  # fail early
+    try:
+        return _train(args, preset, cfg, out, distributed.start(device))
+    finally:
+        distributed.stop()
+
+
+def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
+    """Train (this process's part of) the run; rank 0 reports and exports."""
+    from . import distributed
+    from .checkpoints import build_model, load_checkpoint, save_checkpoint
+    from .data import PatchDataset, train_dir, val_dir
+    from .runtime import seed_everything
+    from .training import fit
+
+    rank, procs = distributed.world()
+    say = print if rank == 0 else (lambda *a, **k: None)
     train_root = Path(args.train_dir) if args.train_dir else train_dir()
     patches = PatchDataset(train_root, patch_size=cfg.patch_size, in_memory=True)
     try:
         val_root = Path(args.val_dir) if args.val_dir else val_dir()
     except DataError:
         val_root = None
-        print("dvae train: no validation photos found; training without validation",
-              file=sys.stderr)
-    print(f"dvae train: preset {args.preset}, λ={cfg.lmbda:g} (bpp + λ·MSE on [0,1]),"
-          f" {cfg.steps} steps of {cfg.batch_size}×{cfg.patch_size}² patches from "
-          f"{len(patches.paths)} photos in {train_root}, on {device}", file=sys.stderr)
+        say("dvae train: no validation photos found; training without validation",
+            file=sys.stderr)
+    where = f"{procs} processes on {device.type}" if procs > 1 else f"{device}"
+    say(f"dvae train: preset {args.preset}, λ={cfg.lmbda:g} (bpp + λ·MSE on [0,1]),"
+        f" {cfg.steps} steps of {cfg.batch_size}×{cfg.patch_size}² patches from "
+        f"{len(patches.paths)} photos in {train_root}, on {where}", file=sys.stderr)
     seed_everything(cfg.seed)
     model = build_model(preset.model)
     parent = _init_from(model, args.init) if args.init else None
     result = fit(model, cfg, patches, val_root, device=device, checkpoint_path=out,
                  resume=args.resume, progress=not args.quiet,
-                 num_workers=args.workers, parent=parent)
+                 num_workers=args.workers, parent=parent, amp=args.amp == "auto")
+    if rank > 0:
+        return 0
     size = out.stat().st_size
     if args.export:
         save_checkpoint(args.export, load_checkpoint(out), fp16=True)
@@ -73,7 +112,8 @@ def _cli_train(args: argparse.Namespace) -> int:
     seconds = result.recipe.get("wall_time_s", 0.0)
     took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
     print(f"trained {args.preset} λ={cfg.lmbda:g}: {cfg.steps} steps "
-          f"({result.skipped} skipped) in {took} on {device}; {scores}; "
+          f"({result.skipped} skipped) in {took} on {where}, "
+          f"{result.recipe['precision']}; {scores}; "
           f"wrote {args.export or out} ({size / 1e6:.1f} MB)")
     return 0
 
@@ -94,18 +134,19 @@ def _init_from(model, path: str) -> dict:
     recipe = ckpt.get("recipe", {})
     return {"file": Path(path).name, "step": ckpt["step"],
             **{k: recipe.get(k) for k in ("lmbda", "steps", "batch_size", "patch_size",
-                                          "device", "wall_time_s", "git_commit",
-                                          "parent")}}
+                                          "device", "world_size", "precision",
+                                          "wall_time_s", "git_commit", "parent")}}
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``dvae train`` to the ``dvae`` command's subparsers."""
     parser = sub.add_parser(
         "train", help="train a model preset on photos and write a checkpoint",
-        description="Train a discretized VAE preset on random patches of a folder "
-        "of photos (default: the mirror's train/, else COCO in the cache), "
-        "validating on centre crops of val/. Loss per image: bpp + λ·MSE with "
-        "MSE on [0, 1] (λ = 845 is CompressAI's 0.013 on the 0–255 scale).")
+        description="Train a discretized VAE preset on random patches of a folder\n"
+        "of photos (default: the mirror's train/, else COCO in the cache),\n"
+        "validating on centre crops of val/. Loss per image: bpp + λ·MSE with\n"
+        "MSE on [0, 1] (λ = 845 is CompressAI's 0.013 on the 0–255 scale).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="book",
                         help="model and recipe (default: book)")
     parser.add_argument("--lmbda", type=float, help="λ, weight of the MSE on [0, 1]")
@@ -130,5 +171,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--export", metavar="PATH",
                         help="also write the EMA weights in float16 (a small file "
                         "to ship)")
+    parser.add_argument("--amp", choices=["auto", "off"], default="auto",
+                        help="auto: bfloat16 autocast on a CUDA GPU that has it; "
+                        "off: float32 everywhere (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cli_train)

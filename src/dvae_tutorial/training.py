@@ -13,10 +13,28 @@ a run resumed from a checkpoint is bit-identical on CPU to one that never
 stopped. Datasets must draw their randomness from torch (as
 :class:`~dvae_tutorial.images.PatchDataset` does). Checkpoints are plain
 tensors and Python values (``torch.load(weights_only=True)`` reads them).
+
+Mixed precision: on a CUDA GPU with bfloat16, the forward runs under
+``torch.autocast(dtype=torch.bfloat16)`` (:func:`autocast_dtype`); the rate is
+still computed in float32 (:mod:`~dvae_tutorial.distributions` upcasts).
+bfloat16 has float32's range, so no gradient scaler is needed. float16 is
+not used: it needs a ``GradScaler`` (its gradients underflow) and its range
+(6e-8 … 65504) does not hold the rate terms. On CPU nothing changes.
+
+Several GPUs: launch the same command with ``torchrun``, one process per GPU::
+
+    torchrun --nproc_per_node 4 -m dvae_tutorial.cli train --preset hier12 \\
+        --out runs/hier12.pt
+
+Each process takes ``batch_size / world_size`` patches of every global batch
+(``batch_size`` stays the global batch) and DDP averages the gradients; see
+:mod:`~dvae_tutorial.distributed` (noise per rank, skips, who writes files).
+The recipe records ``precision`` and ``world_size``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -30,6 +48,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .checkpoints import (
     CHECKPOINT_VERSION,
     load_checkpoint,
@@ -47,6 +66,8 @@ from .single_layer_vae import SingleLayerVAE
 #: This many skipped steps in a row mean the run diverged: stop with an error
 #: (nothing changes the weights any more, so waiting cannot help).
 MAX_SKIPS_IN_A_ROW = 100
+#: What the recipe calls the precision of the forward, by autocast dtype.
+PRECISIONS = {None: "fp32", torch.bfloat16: "bf16-autocast"}
 
 
 class _KeyedPatches(Dataset):
@@ -107,29 +128,49 @@ def validate(model: SingleLayerVAE, images: Tensor, lmbda: float,
             "loss": bpp_ + lmbda * mse_}
 
 
+def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """The dtype :func:`fit` runs the forward in under autocast, or ``None`` (float32).
+
+    ``torch.bfloat16`` when ``amp`` and ``device`` is a CUDA GPU that supports
+    it; ``None`` on CPU (unchanged path) and on older GPUs (float16 would need
+    a gradient scaler; see the module docstring).
+    """
+    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def train_step(model: SingleLayerVAE, optimizer: torch.optim.Optimizer, x: Tensor,
-               cfg: TrainConfig, step: int) -> tuple[float, ...] | None:
+               cfg: TrainConfig, step: int,
+               amp_dtype: torch.dtype | None = None) -> tuple[float, ...] | None:
     """One optimizer step on ``loss = mean(bpp + lmbda * mse)``, or a skip.
 
     Sets the learning rate ``cfg.lr_at(step)``, clips the gradient to
     ``cfg.grad_clip``; skips (returns ``None``, weights untouched) when the
     loss is not finite or the gradient norm before clipping exceeds
     ``cfg.grad_skip``. Otherwise returns ``(loss, bpp, mse, grad_norm)``.
+    With ``amp_dtype`` (e.g. ``torch.bfloat16``) the forward runs under
+    ``torch.autocast`` in it. ``model`` may be wrapped in DDP: the loss terms
+    are then averaged over the processes before the skip is decided, so every
+    process decides alike, and the returned values are those global means.
     See: *A discretized VAE codec* (training).
     """
     for group in optimizer.param_groups:
         group["lr"] = cfg.lr_at(step)
-    out = model(x)
+    with (contextlib.nullcontext() if amp_dtype is None else
+          torch.autocast(x.device.type, dtype=amp_dtype)):
+        out = model(x)
     loss = (out.bpp + cfg.lmbda * out.mse).mean()
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
+    terms = torch.stack([loss, out.bpp.mean(), out.mse.mean()]).detach()
+    if not torch.isfinite(distributed.mean_over_ranks_(terms)[0]):
         return None
     loss.backward()
     norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
     if not (math.isfinite(norm) and norm <= cfg.grad_skip):
         return None
     optimizer.step()
-    return loss.item(), out.bpp.mean().item(), out.mse.mean().item(), norm
+    return (*terms.tolist(), norm)
 
 
 class FitResult(NamedTuple):
@@ -146,7 +187,7 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
         device: str | torch.device | None = None,
         checkpoint_path: str | os.PathLike | None = None, resume: bool = True,
         progress: bool = True, num_workers: int | None = None,
-        parent: dict | None = None) -> FitResult:
+        parent: dict | None = None, amp: bool = True) -> FitResult:
     """Train ``model`` in place on ``loss = mean(bpp + lmbda * mse)``.
 
     Adam with :meth:`TrainConfig.lr_at`, gradients clipped to ``grad_clip``;
@@ -169,6 +210,13 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
             do not depend on it.
         parent: for a run that started from another run's weights, what the
             recipe records about it (``dvae train --init``).
+        amp: bfloat16 autocast where :func:`autocast_dtype` allows it (CUDA).
+
+    In a process group of size > 1 (``torchrun``) it trains data-parallel:
+    ``train_cfg.batch_size`` (divisible by the size) is split over the
+    processes, rank 0 alone validates and writes the checkpoint, and every
+    process resumes from ``checkpoint_path``; see
+    :mod:`~dvae_tutorial.distributed`.
 
     Returns:
         :class:`FitResult`.
@@ -181,6 +229,8 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
     if cfg.patch_size % model.stride:
         raise DVAEError(f"patch_size {cfg.patch_size} is not a multiple of the "
                         f"model's stride {model.stride}")
+    where = distributed.world()
+    slots = distributed.shard(cfg.batch_size, where)
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -191,27 +241,33 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
     path = Path(checkpoint_path) if checkpoint_path else None
     if resume and path and path.is_file():
         ckpt = _restore(load_checkpoint(path, device), ckpt, model, ema, optimizer)
-    else:
-        torch.manual_seed(cfg.seed)  # the noise; weights were drawn by the caller
+        if where.rank:  # rank 0 continues its saved generator, the others reseed
+            seed = distributed.noise_seed(cfg.seed, where.rank, ckpt["step"])
+            torch.manual_seed(seed)
+    else:  # the noise (own per rank); the weights were drawn by the caller
+        torch.manual_seed(distributed.noise_seed(cfg.seed, where.rank))
+    net, amp_dtype = distributed.wrap(model, device), autocast_dtype(device, amp)
     val_root = str(val_data) if isinstance(val_data, str | os.PathLike) else None
     if val_root:
         val_data = center_crops(val_root, cfg.val_crop, cfg.val_images)
     workers = (0 if device.type == "cpu" else 6) if num_workers is None else num_workers
     loader = DataLoader(_KeyedPatches(train_data, cfg.seed), num_workers=workers,
-                        batch_sampler=([(t, i) for i in range(cfg.batch_size)]
+                        batch_sampler=([(t, i) for i in slots]
                                        for t in range(ckpt["step"], cfg.steps)),
                         pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))
-    bar = tqdm(total=cfg.steps, initial=ckpt["step"], disable=not progress,
+    bar = tqdm(total=cfg.steps, initial=ckpt["step"],
+               disable=not progress or where.rank > 0,
                desc=f"train λ={cfg.lmbda:g}", unit="step")
-    recipe = make_recipe(cfg, train_data, val_data, val_root, device)
+    recipe = {**make_recipe(cfg, train_data, val_data, val_root, device),
+              "precision": PRECISIONS[amp_dtype], "world_size": where.size}
     if parent is not None:
         recipe["parent"] = parent
     started, sums = time.perf_counter(), np.zeros(5)  # loss, bpp, mse, norm, count
     streak = 0  # skipped steps in a row
     for step, x in zip(range(ckpt["step"], cfg.steps), loader, strict=True):
-        stats = train_step(model, optimizer, x.to(device, non_blocking=True), cfg,
-                           step)
+        stats = train_step(net, optimizer, x.to(device, non_blocking=True), cfg,
+                           step, amp_dtype)
         if stats is not None:
             _ema_update(ema, model, cfg.ema_decay, step)
             sums += (*stats, 1)
@@ -232,7 +288,7 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
             bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}")
             sums[:] = 0
         if done % cfg.val_every == 0 or done == cfg.steps:
-            if val_data is not None:
+            if val_data is not None and where.rank == 0:
                 val = validate(ema, val_data, cfg.lmbda)
                 ckpt["history"]["val"].append({"step": done, **val})
                 bar.set_postfix(val_bpp=f"{val['bpp']:.3f}",
@@ -245,8 +301,9 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
                         optimizer=optimizer.state_dict(), rng=rng,
                         recipe={**recipe, "wall_time_s": round(ckpt["wall_s"], 1),
                                 "skipped_steps": ckpt["skipped"]})
-            if path:
+            if path and where.rank == 0:
                 save_checkpoint(path, ckpt)
+            distributed.barrier()  # the others wait for rank 0's files
     bar.close()
     return FitResult(ema, ckpt["history"], ckpt["skipped"], ckpt.get("recipe", recipe))
 
