@@ -282,7 +282,36 @@ def test_dvae_train_init_fine_tunes_and_records_the_lineage(tmp_path, capsys):
     assert main(["train", "--preset", "factorized", *common[2:], "--steps", "2",
                  "--init", str(tmp_path / "base.pt"), "--out",
                  str(tmp_path / "x.pt")]) == 2
-    assert "holds a model with config" in capsys.readouterr().err
+    assert "the weights do not fit this model" in capsys.readouterr().err
+
+
+def test_transfer_weights_widens_the_latent_and_refuses_other_designs():
+    """A wider latent (M 8 → 16) gets the parent's weights in its leading
+    slices and keeps its own initialisation elsewhere; the reverse is refused."""
+    from dvae_tutorial.checkpoints import transfer_weights
+    from dvae_tutorial.configs import ModelConfig
+
+    narrow_cfg = ModelConfig(channels=8, latent_channels=8, hyperprior=False)
+    wide_cfg = dataclasses.replace(narrow_cfg, latent_channels=16)
+    torch.manual_seed(0)
+    narrow = SingleLayerVAE(narrow_cfg)
+    torch.manual_seed(1)
+    wide = SingleLayerVAE(wide_cfg)
+    fresh = {k: v.clone() for k, v in wide.state_dict().items()}
+    partial = transfer_weights(wide, narrow.state_dict())
+    assert partial and all(narrow.state_dict()[k].shape != fresh[k].shape
+                           for k in partial)
+    for name, value in wide.state_dict().items():
+        parent = narrow.state_dict()[name]
+        lead = tuple(slice(0, n) for n in parent.shape)
+        assert torch.equal(value[lead], parent)
+        rest = value.clone()
+        rest[lead] = fresh[name][lead]
+        assert torch.equal(rest, fresh[name])  # untouched outside the slice
+    with pytest.raises(DVAEError, match="is \\(16"):
+        transfer_weights(narrow, wide.state_dict())
+    with pytest.raises(DVAEError, match="missing"):
+        transfer_weights(SingleLayerVAE(TINY.model), narrow.state_dict())
 
 
 def test_dvae_train_builds_hierarchical_presets(tmp_path, capsys):

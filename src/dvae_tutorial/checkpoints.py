@@ -137,6 +137,42 @@ def ema_weights(checkpoint: dict) -> dict:
             for k, v in checkpoint["ema"].items()}
 
 
+@torch.no_grad()
+def transfer_weights(model: torch.nn.Module, state: dict) -> list[str]:
+    """Load ``state`` into ``model``, also into a *wider* model of the same design.
+
+    A tensor of the same shape is copied; a tensor that is larger along some
+    dimensions (e.g. a model with more latent channels) receives the parent's
+    values in its leading slice and keeps its fresh initialisation elsewhere.
+    Returns the names of those partly copied tensors (empty: an exact load).
+
+    Raises:
+        DVAEError: a name missing on either side, or a tensor smaller than the
+            parent's or of another rank (another architecture).
+
+    See: *A discretized VAE codec* (training at high rates).
+    """
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise DVAEError(f"the weights do not fit this model: missing {missing[:3]}, "
+                        f"unexpected {extra[:3]} (another architecture?)")
+    partial = []
+    for name, target in own.items():
+        source = state[name].to(target.dtype)
+        if source.shape == target.shape:
+            target.copy_(source)
+        elif source.dim() == target.dim() and all(
+                a <= b for a, b in zip(source.shape, target.shape, strict=True)):
+            target[tuple(slice(0, n) for n in source.shape)] = source
+            partial.append(name)
+        else:
+            raise DVAEError(f"the weights do not fit this model: {name} is "
+                            f"{tuple(source.shape)}, the model's "
+                            f"{tuple(target.shape)}")
+    return partial
+
+
 def lineage(recipe: dict) -> list[dict]:
     """The runs a checkpoint was trained by, oldest first.
 

@@ -120,19 +120,18 @@ def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
 
 def _init_from(model, path: str) -> dict:
     """Load the EMA weights of checkpoint ``path`` into ``model`` (fine-tuning
-    from another λ); returns what the recipe records about that parent run."""
-    from dataclasses import asdict
-
-    from .checkpoints import ema_weights, load_checkpoint
+    from another λ, or widening: a preset with more channels gets the parent's
+    weights in its leading slices); returns what the recipe records about that
+    parent run."""
+    from .checkpoints import ema_weights, load_checkpoint, transfer_weights
 
     ckpt = load_checkpoint(path)
-    if ckpt["model_config"] != asdict(model.config):
-        raise DVAEError(f"--init {path} holds a model with config "
-                        f"{ckpt['model_config']}, not this preset's "
-                        f"{asdict(model.config)}")
-    model.load_state_dict(ema_weights(ckpt))
+    try:
+        widened = transfer_weights(model, ema_weights(ckpt))
+    except DVAEError as err:
+        raise DVAEError(f"--init {path} (config {ckpt['model_config']}): {err}") from None
     recipe = ckpt.get("recipe", {})
-    return {"file": Path(path).name, "step": ckpt["step"],
+    return {"file": Path(path).name, "step": ckpt["step"], "widened": widened,
             **{k: recipe.get(k) for k in ("lmbda", "steps", "batch_size", "patch_size",
                                           "device", "world_size", "precision",
                                           "wall_time_s", "git_commit", "parent")}}
