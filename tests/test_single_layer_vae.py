@@ -255,3 +255,71 @@ def test_compress_rejects_batches_and_decompress_rejects_wrong_streams():
 def test_config_stride():
     assert ModelConfig(hyperprior=True).stride == 64
     assert ModelConfig(hyperprior=False).stride == 16
+
+
+# --- sampling -----------------------------------------------------------------
+
+def test_sample_draws_from_the_factorized_prior_on_the_coders_lattice():
+    model = _model("factorized").eval()
+    channels = model.config.latent_channels
+    with torch.no_grad():  # varied means (off the integers) and scales 0.4 … 2.2
+        model.y_prior.mean.copy_(torch.linspace(-2.3, 1.7, channels))
+        model.y_prior.raw_scale.copy_(torch.linspace(-1.0, 2.0, channels))
+
+    def draw(seed, n=3, shape=(40, 24), **kw):
+        return model.sample(n, shape, generator=torch.Generator().manual_seed(seed),
+                            **kw)
+
+    (x, y), (x_again, y_again), (x_other, _) = draw(0), draw(0), draw(1)
+    assert x.shape == (3, 3, 40, 24) and y.shape == (3, channels, 3, 2)  # ⌈·/16⌉
+    assert torch.equal(x, x_again) and torch.equal(y, y_again)
+    assert not torch.equal(x, x_other)
+    assert 0 <= x.min() and x.max() <= 1
+    with torch.no_grad():
+        torch.testing.assert_close(x, crop(model.g_s(y), (40, 24)).clamp(0, 1))
+    # the documented draw order, ε then u: rebuild both modes by hand at t = 0.6
+    mean, scale = model.prior_parameters(y.shape)
+    g = torch.Generator().manual_seed(5)
+    eps, u = torch.randn(y.shape, generator=g), torch.rand(y.shape, generator=g) - 0.5
+    torch.testing.assert_close(draw(5, temperature=0.6)[1],
+                               mean + 0.6 * (scale * eps + u))
+    integer = draw(5, temperature=0.6, integer=True)[1]
+    torch.testing.assert_close(integer, mean + torch.round(0.6 * scale * eps))
+    # on the lattice mean + Z that compress codes: the symbols are exact
+    assert torch.equal(to_symbols(integer, mean).float(), (integer - mean).round())
+    assert ((integer - mean) - (integer - mean).round()).abs().max() < 1e-5
+    assert ((y - mean) - (y - mean).round()).abs().max() > 0.1  # continuous: not
+    for flag in (False, True):  # t = 0: every latent at its prior mean
+        torch.testing.assert_close(draw(2, temperature=0.0, integer=flag)[1], mean)
+
+
+def test_integer_samples_follow_the_discretized_prior_pmf():
+    model = _model("factorized").eval()
+    channels = model.config.latent_channels
+    with torch.no_grad():
+        model.y_prior.mean.copy_(torch.linspace(-2.3, 1.7, channels))
+        model.y_prior.raw_scale.copy_(torch.linspace(-1.0, 2.0, channels))
+    g = torch.Generator().manual_seed(0)
+    _, y = model.sample(40, (160, 160), integer=True, generator=g)  # 100 per map
+    mean, scale = (t.detach() for t in model.prior_parameters(y.shape))
+    symbols = (y - mean).round().flatten().numpy()
+    sigma = scale.flatten().double().numpy()
+    ks = np.arange(-4, 5)
+    expected = [(norm.cdf((k + 0.5) / sigma) - norm.cdf((k - 0.5) / sigma)).sum()
+                for k in ks]
+    observed = [(symbols == k).sum() for k in ks]
+    for k, obs, exp in zip(ks, observed, expected, strict=True):
+        assert abs(obs - exp) <= 5 * np.sqrt(exp) + 1, (k, obs, exp)
+    # continuous draws: N(μ, σ²) ⊛ U(-½, ½) has variance σ² + 1/12
+    _, y = model.sample(40, (160, 160), generator=g)
+    ratio = ((y - mean).square() / (scale.square() + 1 / 12)).mean().item()
+    assert ratio == pytest.approx(1.0, abs=0.03)
+
+
+def test_sample_rejects_hyperprior_models_and_bad_arguments():
+    with pytest.raises(DVAEError, match="hyperprior"):
+        _model("hyperprior").sample(1)
+    model = _model("factorized")
+    for kwargs in ({"n": 0}, {"n": 1, "shape": (0, 8)}, {"n": 1, "temperature": -1}):
+        with pytest.raises(DVAEError, match="sample needs"):
+            model.sample(**kwargs)

@@ -151,9 +151,12 @@ def published_curve(key: str) -> dict:
     """A published Kodak RD curve shipped with the package.
 
     Args:
-        key: ``"bmshj2018-factorized"`` or ``"mbt2018-mean"`` (CompressAI's
-            re-implementations of Ballé et al. 2018 and Minnen et al. 2018 with
-            their pretrained weights, metrics on 8-bit reconstructions).
+        key: ``"bmshj2018-factorized"``, ``"mbt2018-mean"`` or ``"mbt2018"``
+            (CompressAI's re-implementations of Ballé et al. 2018 and Minnen et
+            al. 2018, without and with the context model, with their pretrained
+            weights, metrics on 8-bit reconstructions), or ``"qres-vae"``
+            (Duan et al. 2023, the authors' 34 M model; PSNR on float
+            reconstructions, see the entry's ``source``).
 
     Returns:
         ``{"label", "cite", "source", "bpp": [...], "psnr": [...]}``.

@@ -666,3 +666,136 @@ def plot_bits_per_channel(bits, *, ax=None, title=None):
     ax.set_xlabel("latent channel, sorted by cost")
     ax.set_ylabel("bits (−Σ log₂ P over the channel)")
     return _finish(ax, title)
+
+
+# ------------------------------------------------------------------ chapter 6
+# Hierarchical VAEs.
+
+
+def plot_prior_adaptivity(channel_scales, image, scale_map, *, map_label,
+                          title=None):
+    """A fixed prior next to an adaptive one: σ per channel, an image, a σ map.
+
+    Args:
+        channel_scales: the factorized prior's σ_c, shape (M,): the same at
+            every position of every image.
+        image: uint8 ``(H, W, 3)``.
+        scale_map: (h, w) prior scales of one hierarchical layer for ``image``
+            (e.g. the mean over its channels), drawn over the image's extent.
+        map_label: colour-bar label (which layer, which statistic).
+
+    See: *Hierarchical VAEs* (why a hierarchy).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.3), layout="constrained",
+                             gridspec_kw={"width_ratios": [1.0, 1.05, 1.25]})
+    scales = np.sort(np.asarray(channel_scales, dtype=float))[::-1]
+    axes[0].bar(np.arange(1, scales.size + 1), scales, width=1.0,
+                color=COLORS["model"])
+    axes[0].set_xlabel("latent channel c, sorted")
+    axes[0].set_ylabel("prior scale σ_c (latent units)")
+    axes[0].set_title("single-layer: one σ per channel,\nevery image, every position",
+                      fontsize=9)
+    axes[0].grid(True, alpha=0.3)
+    height, width = np.asarray(image).shape[:2]
+    axes[1].imshow(image)
+    axes[1].set_title("the image", fontsize=9)
+    shown = axes[2].imshow(scale_map, cmap="magma", extent=(0, width, height, 0))
+    fig.colorbar(shown, ax=axes[2], label=map_label)
+    axes[2].set_title("hierarchical: σ given the layers above", fontsize=9)
+    for ax in axes[1:]:
+        ax.set_xlabel("x (pixels)")
+        ax.set_ylabel("y (pixels)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_bits_per_layer(layers, estimated, file, per_element, *, title=None):
+    """Where a hierarchical model's bits go: per layer, and per latent element.
+
+    Args:
+        layers: layer labels in coding order (``"z1"`` … ``"zL"``).
+        estimated: ``−Σ log₂ P`` of each layer in bits per pixel (mean over
+            images); the values add up to the model's estimated bpp.
+        file: the same from the real streams, ``8·len(stream) / (H·W)``.
+        per_element: bits per latent element of each layer.
+
+    See: *Hierarchical VAEs* (bits per layer).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.6), layout="constrained")
+    pos = np.arange(len(layers))
+    axes[0].bar(pos - 0.2, estimated, width=0.4, color=COLORS["model"],
+                label="−Σ log₂ P (estimate)")
+    axes[0].bar(pos + 0.2, file, width=0.4, color=COLORS["jpeg"],
+                label="stream bytes × 8 (with its 18-byte header)")
+    axes[0].set_ylabel("rate of the layer (bits per pixel)")
+    axes[1].bar(pos, per_element, width=0.6, color=COLORS["alt"],
+                label="−Σ log₂ P / number of elements")
+    axes[1].set_ylabel("bits per latent element")
+    for ax in axes:
+        ax.set_xticks(pos, layers)
+        ax.set_xlabel("latent layer (coding order: coarse → fine)")
+        ax.grid(True, alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_image_grid(images, titles, *, ncols, crop=None, suptitle=None):
+    """Images in a grid of ``ncols`` columns, a title on each (empty slots hidden).
+
+    Args:
+        images: uint8 ``(H, W, 3)`` arrays; titles: one per image.
+        crop: optional ``(top, left, size)``.
+
+    See: *Hierarchical VAEs* (progressive decoding).
+    """
+    nrows = -(-len(images) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 1.9 * nrows),
+                             layout="constrained", squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(images):
+            ax.set_axis_off()
+            continue
+        image = np.asarray(images[i])
+        if crop:
+            top, left, size = crop
+            image = image[top:top + size, left:left + size]
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_sample_rows(rows, *, suptitle=None):
+    """Rows of samples, one row per setting, its label on the left.
+
+    Args:
+        rows: ``{label: images}`` with images (n, 3, H, W) in [0, 1] (a torch
+            tensor or array) or a list of uint8 ``(H, W, 3)``.
+
+    See: *Hierarchical VAEs* (samples).
+    """
+    rows = {k: [np.asarray(im) for im in v] for k, v in rows.items()}
+    n = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n + 1.6, 1.35 * len(rows)),
+                             layout="constrained", squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.set_axis_off()
+                continue
+            image = images[c]
+            if image.ndim == 3 and image.shape[0] == 3:  # CHW in [0, 1]
+                image = np.clip(image.transpose(1, 2, 0), 0.0, 1.0)
+            ax.imshow(image, interpolation="nearest")
+        axes[r][0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig

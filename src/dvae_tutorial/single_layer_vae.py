@@ -304,6 +304,48 @@ class SingleLayerVAE(nn.Module):
         y_hat = decode_latents(strings[-1], mean, scale, y_shape)
         return crop(self.g_s(y_hat), shape).clamp(0.0, 1.0)
 
+    @torch.no_grad()
+    def sample(self, n: int, shape: tuple[int, int] = (64, 64),
+               temperature: float = 1.0, integer: bool = False,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw ``y`` from the factorized prior and decode it: ``(x_hat, y)``.
+
+        As :meth:`~dvae_tutorial.hierarchical_vae.HierarchicalVAE.sample` (and
+        in the same order: ``ε ~ N(0, 1)`` first, then ``u ~ U(-½, ½)``),
+
+        .. math:: y = \\mu_c + t(\\sigma_c \\varepsilon + u)
+           \\quad\\text{or}\\quad
+           y = \\mu_c + \\mathrm{round}(t\\sigma_c\\varepsilon)
+
+        (``integer``: on the coder's lattice ``μ_c + Z``, drawn from its pmf at
+        ``t = 1``). Factorized models only: a hyperprior model would need a
+        prior for ``z`` first. Returns ``x_hat`` (n, 3, *shape*) clamped to
+        [0, 1] and ``y`` (n, M, ⌈H/16⌉, ⌈W/16⌉). ``generator`` must live on the
+        model's device.
+
+        Raises:
+            DVAEError: a hyperprior model, ``n < 1``, an empty shape or ``t < 0``.
+
+        See: *Hierarchical VAEs* (samples).
+        """
+        if self.config.hyperprior:
+            raise DVAEError("sample draws from the factorized prior; this model has "
+                            "a hyperprior (build it with hyperprior=False)")
+        if n < 1 or min(shape) < 1 or not temperature >= 0:
+            raise DVAEError(f"sample needs n >= 1, positive sides and a temperature "
+                            f">= 0, got n={n}, shape={shape}, t={temperature}")
+        *_, y_shape = self.stream_shapes(shape)
+        mean, scale = self.prior_parameters((n, *y_shape[1:]))
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
+                          device=mean.device)
+        u = torch.rand(mean.shape, generator=generator, dtype=mean.dtype,
+                       device=mean.device) - 0.5
+        if integer:
+            y = mean + torch.round(temperature * scale * eps)
+        else:
+            y = mean + temperature * (scale * eps + u)
+        return crop(self.g_s(y), shape).clamp(0.0, 1.0), y
+
 
 def _check_images(x: Tensor, single: bool = False) -> None:
     """Raise a clear DVAEError unless ``x`` is a float ``(B, 3, H, W)`` batch."""
