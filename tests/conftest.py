@@ -1,4 +1,6 @@
-"""Shared fixtures: the dataset mirror (DVAE_DATA, else ../shared/data)."""
+"""Shared fixtures and helpers: the dataset mirror (DVAE_DATA, else
+../shared/data), and the small synthetic training set and model that the
+training and distributed tests share."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("DVAE_DATA") or REPO.parent / "shared" / "data").resolve()
@@ -25,3 +29,27 @@ def kodak():
         return list(kodak_images())
     finally:
         mp.undo()
+
+
+class SmoothPatches(torch.utils.data.Dataset):
+    """Random smooth 64×64 patches, randomly flipped with torch's RNG."""
+
+    def __init__(self, n: int = 12) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = F.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=64,
+                               mode="bilinear", align_corners=False)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i].flip(-1) if torch.rand(()) < 0.5 else self.x[i]
+
+
+def tiny_model(seed: int = 0):
+    """A fresh ``TINY`` single-layer model with weights drawn from ``seed``."""
+    from dvae_tutorial.configs import TINY
+    from dvae_tutorial.single_layer_vae import SingleLayerVAE
+
+    torch.manual_seed(seed)
+    return SingleLayerVAE(TINY.model)

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
+from conftest import SmoothPatches, tiny_model
 from PIL import Image
 
 from dvae_tutorial import single_layer_vae, training
@@ -31,7 +31,6 @@ from dvae_tutorial.cli import main
 from dvae_tutorial.configs import TINY
 from dvae_tutorial.distributed import World, noise_seed, shard
 from dvae_tutorial.errors import DVAEError
-from dvae_tutorial.single_layer_vae import SingleLayerVAE
 from dvae_tutorial.training import fit, load_checkpoint
 
 pytestmark = pytest.mark.skipif(
@@ -44,26 +43,6 @@ WORLD = 2
 CFG = dataclasses.replace(TINY.train, steps=6, batch_size=4, val_every=3,
                           log_every=1, lr_decay=1.0)
 HALF = 3
-
-
-class SmoothPatches(torch.utils.data.Dataset):
-    """Random smooth 64×64 patches, randomly flipped with torch's RNG."""
-
-    def __init__(self, n: int = 12) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.x = F.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=64,
-                               mode="bilinear", align_corners=False)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.x[i].flip(-1) if torch.rand(()) < 0.5 else self.x[i]
-
-
-def _model(seed: int) -> SingleLayerVAE:
-    torch.manual_seed(seed)
-    return SingleLayerVAE(TINY.model)
 
 
 def _no_noise(y, generator=None):
@@ -96,7 +75,7 @@ def _ddp_worker(rank: int, tmp: str) -> None:
             return real_noise(y, generator)
 
         single_layer_vae.add_uniform_noise = recorded_noise
-        fit(_model(0), dataclasses.replace(CFG, steps=1), data, progress=False)
+        fit(tiny_model(0), dataclasses.replace(CFG, steps=1), data, progress=False)
         single_layer_vae.add_uniform_noise = _no_noise
         sizes = []
 
@@ -104,18 +83,18 @@ def _ddp_worker(rank: int, tmp: str) -> None:
             if module.training:  # not the EMA's validation
                 sizes.append(args[0].shape[0])
 
-        first = _model(seed=rank)  # rank 1 starts elsewhere: DDP copies rank 0's
+        first = tiny_model(seed=rank)  # rank 1 starts elsewhere: DDP copies rank 0's
         first.register_forward_pre_hook(batch_size)
         fit(first, dataclasses.replace(CFG, steps=HALF), data,
             val_data=data.x[:2], checkpoint_path=tmp / "ddp.pt", progress=False)
-        resumed = _model(seed=100 + rank)  # every rank must load the checkpoint
+        resumed = tiny_model(seed=100 + rank)  # every rank must load the checkpoint
         resumed.register_forward_pre_hook(batch_size)
         result = fit(resumed, CFG, data, val_data=data.x[:2],
                      checkpoint_path=tmp / "ddp.pt", progress=False)
         with pytest.raises(DVAEError, match="not divisible by the 2 processes"):
-            fit(_model(0), dataclasses.replace(CFG, batch_size=3), data,
+            fit(tiny_model(0), dataclasses.replace(CFG, batch_size=3), data,
                 progress=False)
-        poisoned, calls = _model(0), []
+        poisoned, calls = tiny_model(0), []
 
         def nan_on_rank_1(module, args, output):  # step 2 of rank 1 only
             calls.append(1)
@@ -140,7 +119,7 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
              for r in range(WORLD)]
     monkeypatch.setattr(single_layer_vae, "add_uniform_noise", _no_noise)
-    alone = _model(0)
+    alone = tiny_model(0)
     expected = fit(alone, CFG, SmoothPatches(), progress=False)
     for r in ranks:
         assert r["sizes"] == [CFG.batch_size // WORLD] * CFG.steps

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import SmoothPatches, tiny_model
 from PIL import Image
 
 from dvae_tutorial import training
@@ -35,27 +35,6 @@ torch.set_num_threads(1)
 CFG = dataclasses.replace(TINY.train, steps=8, val_every=4, log_every=2, lr_decay=0.5)
 
 
-class SmoothPatches(torch.utils.data.Dataset):
-    """Random smooth 64×64 patches, randomly flipped with torch's RNG."""
-
-    def __init__(self, n: int = 12) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.x = F.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=64,
-                               mode="bilinear", align_corners=False)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        flip = torch.rand(()) < 0.5
-        return self.x[i].flip(-1) if flip else self.x[i]
-
-
-def _model(seed: int = 0) -> SingleLayerVAE:
-    torch.manual_seed(seed)
-    return SingleLayerVAE(TINY.model)
-
-
 def _same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -77,7 +56,7 @@ def _interrupt_after(model: SingleLayerVAE, calls: int):
 
 
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
-    model, x = _model(), SmoothPatches().x[:4]
+    model, x = tiny_model(), SmoothPatches().x[:4]
     cfg = dataclasses.replace(CFG, steps=1000)
     optimizer = torch.optim.Adam(model.parameters())
     before = validate(model, x, cfg.lmbda)["loss"]
@@ -90,15 +69,15 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     data = SmoothPatches()
-    straight = _model()
+    straight = tiny_model()
     expected = fit(straight, CFG, data, progress=False)
-    interrupted = _model()
+    interrupted = tiny_model()
     handle = _interrupt_after(interrupted, 6)  # dies in step 7; last checkpoint: 4
     with pytest.raises(Interrupt):
         fit(interrupted, CFG, data, checkpoint_path=tmp_path / "run.pt", progress=False)
     handle.remove()
     assert load_checkpoint(tmp_path / "run.pt")["step"] == 4
-    resumed = _model(seed=123)  # other initial weights: the checkpoint wins
+    resumed = tiny_model(seed=123)  # other initial weights: the checkpoint wins
     result = fit(resumed, CFG, data, checkpoint_path=tmp_path / "run.pt",
                  progress=False)
     assert _same_state(resumed.state_dict(), straight.state_dict())
@@ -111,27 +90,27 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 
 def test_resume_may_change_the_number_of_steps_only(tmp_path):
     data, path = SmoothPatches(), tmp_path / "run.pt"
-    fit(_model(), dataclasses.replace(CFG, steps=4), data, checkpoint_path=path,
+    fit(tiny_model(), dataclasses.replace(CFG, steps=4), data, checkpoint_path=path,
         progress=False)
     longer = dataclasses.replace(CFG, steps=8)
-    fit(_model(), longer, data, checkpoint_path=path, progress=False)
+    fit(tiny_model(), longer, data, checkpoint_path=path, progress=False)
     ckpt = load_checkpoint(path)
     assert ckpt["step"] == 8 and ckpt["train_config"]["steps"] == 8
     lrs = [r["lr"] for r in ckpt["history"]["train"] if r["step"] > 4]
     assert lrs and lrs[-1] == longer.lr_at(7)
     with pytest.raises(DVAEError, match="past the 6 steps"):
-        fit(_model(), dataclasses.replace(CFG, steps=6), data, checkpoint_path=path,
+        fit(tiny_model(), dataclasses.replace(CFG, steps=6), data, checkpoint_path=path,
             progress=False)
     with pytest.raises(DVAEError, match="train_config differs"):
-        fit(_model(), dataclasses.replace(longer, lmbda=1.0), data,
+        fit(tiny_model(), dataclasses.replace(longer, lmbda=1.0), data,
             checkpoint_path=path, progress=False)
 
 
 def test_nan_loss_and_huge_gradient_steps_are_skipped():
     data, cfg = SmoothPatches(), dataclasses.replace(CFG, steps=3, lr_decay=1.0)
-    clean = _model()
+    clean = tiny_model()
     fit(clean, dataclasses.replace(cfg, steps=2), data, progress=False)
-    poisoned = _model()
+    poisoned = tiny_model()
     calls = {"n": 0}
 
     def nan_on_third_call(module, args, output):
@@ -142,7 +121,7 @@ def test_nan_loss_and_huge_gradient_steps_are_skipped():
     result = fit(poisoned, cfg, data, progress=False)
     assert result.skipped == 1 and result.history["train"][-1]["skipped"] == 1
     assert _same_state(poisoned.state_dict(), clean.state_dict())
-    frozen = _model()
+    frozen = tiny_model()
     start = {k: v.clone() for k, v in frozen.state_dict().items()}
     result = fit(frozen, dataclasses.replace(cfg, grad_skip=1e-9), data, progress=False)
     assert result.skipped == cfg.steps
@@ -153,11 +132,11 @@ def test_a_long_run_of_skips_stops_with_an_error(monkeypatch):
     monkeypatch.setattr(training, "MAX_SKIPS_IN_A_ROW", 3)
     cfg = dataclasses.replace(CFG, steps=5, grad_skip=1e-9)
     with pytest.raises(DVAEError, match="diverged: 3 steps in a row up to step 3"):
-        fit(_model(), cfg, SmoothPatches(), progress=False)
+        fit(tiny_model(), cfg, SmoothPatches(), progress=False)
 
 
 def test_checkpoints_round_trip_full_and_fp16(tmp_path):
-    model, val = _model(), SmoothPatches().x[:2]
+    model, val = tiny_model(), SmoothPatches().x[:2]
     result = fit(model, CFG, SmoothPatches(), val_data=val,
                  checkpoint_path=tmp_path / "full.pt", progress=False)
     full = load_checkpoint(tmp_path / "full.pt")
@@ -177,10 +156,10 @@ def test_checkpoints_round_trip_full_and_fp16(tmp_path):
     assert _same_state(shipped.state_dict(), {
         k: v.half().float() for k, v in result.ema.state_dict().items()})
     with pytest.raises(DVAEError, match="cannot be resumed"):
-        fit(_model(), CFG, SmoothPatches(), checkpoint_path=tmp_path / "ship.pt",
+        fit(tiny_model(), CFG, SmoothPatches(), checkpoint_path=tmp_path / "ship.pt",
             progress=False)
     with pytest.raises(DVAEError, match="train_config differs"):
-        fit(_model(), dataclasses.replace(CFG, lmbda=1.0), SmoothPatches(),
+        fit(tiny_model(), dataclasses.replace(CFG, lmbda=1.0), SmoothPatches(),
             checkpoint_path=tmp_path / "full.pt", progress=False)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DVAEError, match="not a readable checkpoint"):
@@ -200,10 +179,10 @@ def test_load_or_train_trains_once_then_loads(tmp_path, monkeypatch):
 
 
 def test_ema_follows_the_weights_with_a_warm_up():
-    model = _model()
+    model = tiny_model()
     result = fit(model, CFG, SmoothPatches(), progress=False)
     assert not _same_state(result.ema.state_dict(), model.state_dict())
-    model = _model()
+    model = tiny_model()
     result = fit(model, dataclasses.replace(CFG, ema_decay=0.0), SmoothPatches(),
                  progress=False)
     assert _same_state(result.ema.state_dict(), model.state_dict())
@@ -219,7 +198,7 @@ def test_ema_follows_the_weights_with_a_warm_up():
 
 def test_patch_size_must_be_a_multiple_of_the_stride():
     with pytest.raises(DVAEError, match="multiple of the model's stride"):
-        fit(_model(), dataclasses.replace(CFG, patch_size=80), SmoothPatches(),
+        fit(tiny_model(), dataclasses.replace(CFG, patch_size=80), SmoothPatches(),
             progress=False)
 
 
@@ -349,7 +328,7 @@ def test_the_rate_stays_float32_under_bf16_autocast():
         bits = discretized_gaussian_bits(y, mean.bfloat16(), scale)
     assert bits.dtype == torch.float32
     torch.testing.assert_close(bits, exact, rtol=1e-6, atol=1e-6)
-    model, x = _model().eval(), SmoothPatches().x[:2]
+    model, x = tiny_model().eval(), SmoothPatches().x[:2]
     latents = []
     model.g_a.register_forward_hook(lambda m, a, out: latents.append(out.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -363,7 +342,7 @@ def test_train_step_runs_the_forward_in_the_autocast_dtype():
     x, cfg, dtypes = SmoothPatches().x[:4], dataclasses.replace(CFG, steps=100), []
     losses = []
     for amp_dtype in (None, torch.bfloat16):
-        model = _model()
+        model = tiny_model()
         model.g_s.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
         optimizer = torch.optim.Adam(model.parameters())
         losses.append(train_step(model, optimizer, x, cfg, 0, amp_dtype)[0])
@@ -379,6 +358,6 @@ def test_autocast_is_bf16_on_a_cuda_gpu_that_has_it_and_never_on_cpu(monkeypatch
     assert training.autocast_dtype(torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert training.autocast_dtype(cuda) is None  # float16 would need a GradScaler
-    result = fit(_model(), dataclasses.replace(CFG, steps=1), SmoothPatches(),
+    result = fit(tiny_model(), dataclasses.replace(CFG, steps=1), SmoothPatches(),
                  device="cpu", progress=False)
     assert result.recipe["precision"] == "fp32" and result.recipe["world_size"] == 1
