@@ -7,6 +7,7 @@ TINY models on synthetic smooth patches (and a few generated PNGs for the
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from dvae_tutorial.checkpoints import lineage
 from dvae_tutorial.cli import main
 from dvae_tutorial.configs import TINY
 from dvae_tutorial.errors import DVAEError
+from dvae_tutorial.runtime import seed_everything
 from dvae_tutorial.single_layer_vae import SingleLayerVAE
 from dvae_tutorial.training import (
     center_crops,
@@ -233,6 +235,19 @@ def test_dvae_train_tiny_writes_a_checkpoint(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_dvae_train_amp_bf16_and_channels_last_on_cpu_are_recorded(tmp_path, capsys):
+    photos, out = _photos(tmp_path / "photos"), tmp_path / "bf16.pt"
+    assert main(["train", "--preset", "tiny", "--steps", "3", "--out", str(out),
+                 "--train-dir", str(photos), "--val-dir", str(photos), "--device",
+                 "cpu", "--quiet", "--amp", "bf16", "--channels-last"]) == 0
+    assert "bf16-autocast" in capsys.readouterr().out
+    recipe = load_checkpoint(out)["recipe"]
+    assert recipe["precision"] == "bf16-autocast"
+    assert recipe["memory_format"] == "channels_last"
+    # the saved weights load into a model in the usual (contiguous) format
+    assert load_model(out).config == TINY.model
+
+
 def test_dvae_train_init_fine_tunes_and_records_the_lineage(tmp_path, capsys):
     photos = _photos(tmp_path / "photos")
     common = ["--preset", "tiny", "--train-dir", str(photos), "--val-dir",
@@ -361,3 +376,37 @@ def test_autocast_is_bf16_on_a_cuda_gpu_that_has_it_and_never_on_cpu(monkeypatch
     result = fit(tiny_model(), dataclasses.replace(CFG, steps=1), SmoothPatches(),
                  device="cpu", progress=False)
     assert result.recipe["precision"] == "fp32" and result.recipe["world_size"] == 1
+
+
+def test_amp_bf16_autocasts_on_any_device_and_bad_modes_are_refused(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert training.autocast_dtype(cpu, "bf16") is torch.bfloat16
+    assert training.autocast_dtype(cpu, "auto") is None
+    assert training.autocast_dtype(cpu, "off") is None
+    with pytest.raises(DVAEError, match="amp must be one of"):
+        training.autocast_dtype(cpu, "fp16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(DVAEError, match="no bfloat16"):
+        training.autocast_dtype(cuda, "bf16")
+
+
+def test_channels_last_trains_the_same_run_and_bf16_on_cpu_is_recorded():
+    cfg = dataclasses.replace(CFG, steps=20, val_every=20)
+
+    def run(**kw):
+        seed_everything(0)
+        return fit(tiny_model(), cfg, SmoothPatches(), device="cpu", progress=False,
+                   **kw)
+
+    plain, last = run(), run(channels_last=True)
+    assert "memory_format" not in plain.recipe
+    assert last.recipe["memory_format"] == "channels_last"
+    for a, b in zip(plain.history["train"], last.history["train"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)  # float rounding only
+    for p, q in zip(plain.ema.parameters(), last.ema.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4)
+    bf16 = run(amp="bf16", channels_last=True)
+    assert bf16.recipe["precision"] == "bf16-autocast"
+    losses = [r["loss"] for r in bf16.history["train"]]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] == pytest.approx(plain.history["train"][-1]["loss"], rel=0.1)

@@ -27,7 +27,10 @@ TRAIN_PRESETS = {**PRESETS, **HIERARCHICAL_PRESETS}
 EPILOG = """\
 precision: with --amp auto (the default) a CUDA GPU that supports bfloat16
   runs the forward under torch.autocast(bfloat16); the rate stays float32.
-  Other GPUs and the CPU train in float32. The recipe records the precision.
+  Other GPUs and the CPU train in float32. --amp bf16 autocasts on the CPU
+  too: with --channels-last, 2.7x faster for the factorized models on a CPU
+  with AMX (Intel Sapphire Rapids and later); the hierarchical model gains
+  only from --channels-last. The recipe records precision and memory format.
 
 several GPUs: launch the same command with torchrun, one process per GPU:
   torchrun --nproc_per_node 4 -m dvae_tutorial.cli train --preset hier12 \\
@@ -99,7 +102,8 @@ def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
     parent = _init_from(model, args.init) if args.init else None
     result = fit(model, cfg, patches, val_root, device=device, checkpoint_path=out,
                  resume=args.resume, progress=not args.quiet,
-                 num_workers=args.workers, parent=parent, amp=args.amp == "auto")
+                 num_workers=args.workers, parent=parent, amp=args.amp,
+                 channels_last=args.channels_last)
     if rank > 0:
         return 0
     size = out.stat().st_size
@@ -134,7 +138,8 @@ def _init_from(model, path: str) -> dict:
     return {"file": Path(path).name, "step": ckpt["step"], "widened": widened,
             **{k: recipe.get(k) for k in ("lmbda", "steps", "batch_size", "patch_size",
                                           "device", "world_size", "precision",
-                                          "wall_time_s", "git_commit", "parent")}}
+                                          "memory_format", "wall_time_s", "git_commit",
+                                          "parent")}}
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -170,8 +175,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--export", metavar="PATH",
                         help="also write the EMA weights in float16 (a small file "
                         "to ship)")
-    parser.add_argument("--amp", choices=["auto", "off"], default="auto",
+    parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                         help="auto: bfloat16 autocast on a CUDA GPU that has it; "
+                        "bf16: bfloat16 autocast on any device (CPUs with AMX); "
                         "off: float32 everywhere (default: auto)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels_last memory format (faster on CPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cli_train)
