@@ -32,6 +32,9 @@ HYPER_STRIDE = 64
 #: 255**2: ``lmbda`` for MSE on [0, 1] equals ``lmbda / 255**2`` for MSE on the
 #: 0–255 scale; e.g. 845 here is CompressAI's λ = 0.013 (their ``λ·255²·mse``).
 MSE_SCALE_8BIT = 255.0**2
+#: Precision modes of training (``dvae train --amp``, ``training.fit(amp=...)``):
+#: bfloat16 autocast on a capable CUDA GPU, on any device, or never.
+AMP_MODES = ("auto", "bf16", "off")
 
 
 @dataclass(frozen=True)

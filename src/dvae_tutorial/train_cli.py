@@ -17,7 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .configs import HIERARCHICAL_PRESETS, PRESETS
+from .configs import AMP_MODES, HIERARCHICAL_PRESETS, PRESETS
 from .errors import DataError, DVAEError
 
 #: Every preset ``dvae train`` knows: single-layer and hierarchical.
@@ -175,7 +175,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--export", metavar="PATH",
                         help="also write the EMA weights in float16 (a small file "
                         "to ship)")
-    parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+    parser.add_argument("--amp", choices=AMP_MODES, default="auto",
                         help="auto: bfloat16 autocast on a CUDA GPU that has it; "
                         "bf16: bfloat16 autocast on any device (CPUs with AMX); "
                         "off: float32 everywhere (default: auto)")

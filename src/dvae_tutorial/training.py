@@ -62,7 +62,7 @@ from .checkpoints import (
     make_recipe,
     save_checkpoint,
 )
-from .configs import ModelConfig, TrainConfig
+from .configs import AMP_MODES, ModelConfig, TrainConfig
 from .errors import DataError, DVAEError
 from .images import image_files, load_image, to_tensor01
 from .metrics import psnr_8bit
@@ -74,8 +74,6 @@ from .single_layer_vae import SingleLayerVAE
 MAX_SKIPS_IN_A_ROW = 100
 #: What the recipe calls the precision of the forward, by autocast dtype.
 PRECISIONS = {None: "fp32", torch.bfloat16: "bf16-autocast"}
-#: What ``amp`` may be (:func:`autocast_dtype`); ``True``/``False`` mean auto/off.
-AMP_MODES = ("auto", "bf16", "off")
 
 
 class _KeyedPatches(Dataset):
@@ -139,7 +137,7 @@ def validate(model: SingleLayerVAE, images: Tensor, lmbda: float,
 def autocast_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype | None:
     """The dtype :func:`fit` runs the forward in under autocast, or ``None`` (float32).
 
-    ``amp`` is one of :data:`AMP_MODES` (``True`` is ``"auto"``, ``False``
+    ``amp`` is one of :data:`~dvae_tutorial.configs.AMP_MODES` (``True`` is ``"auto"``, ``False``
     ``"off"``). ``"auto"``: ``torch.bfloat16`` on a CUDA GPU that supports it,
     ``None`` on CPU (unchanged path) and on older GPUs (float16 would need a
     gradient scaler; see the module docstring). ``"bf16"``: bfloat16 on any
