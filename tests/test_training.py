@@ -92,12 +92,14 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 
 def test_resume_may_change_the_number_of_steps_only(tmp_path):
     data, path = SmoothPatches(), tmp_path / "run.pt"
+    parent = {"file": "base.pt", "step": 3, "lmbda": 845.0, "steps": 3}
     fit(tiny_model(), dataclasses.replace(CFG, steps=4), data, checkpoint_path=path,
-        progress=False)
+        progress=False, parent=parent)
     longer = dataclasses.replace(CFG, steps=8)
     fit(tiny_model(), longer, data, checkpoint_path=path, progress=False)
     ckpt = load_checkpoint(path)
     assert ckpt["step"] == 8 and ckpt["train_config"]["steps"] == 8
+    assert ckpt["recipe"]["parent"] == parent  # the lineage survives the resume
     lrs = [r["lr"] for r in ckpt["history"]["train"] if r["step"] > 4]
     assert lrs and lrs[-1] == longer.lr_at(7)
     with pytest.raises(DVAEError, match="past the 6 steps"):

@@ -11,7 +11,10 @@ pixels.
 
 The shipped models live in ``dvae_tutorial/weights/<name>.pt`` (fp16 EMA
 weights with their training recipe, loaded with ``map_location="cpu"``;
-never downloaded at run time).
+never downloaded at run time). ``weights/narrow/`` holds one more, the
+narrow λ = 845 model of an earlier edition, which chapter 5 compares with
+its wide successor; it is not a shipped model (not listed, not usable by
+name).
 """
 
 from __future__ import annotations

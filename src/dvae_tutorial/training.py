@@ -286,6 +286,9 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
               "precision": PRECISIONS[amp_dtype], "world_size": where.size}
     if channels_last:
         recipe["memory_format"] = "channels_last"
+    # a resumed run keeps the lineage its first part recorded (--init is read
+    # only when a run starts)
+    parent = (ckpt.get("recipe") or {}).get("parent", parent)
     if parent is not None:
         recipe["parent"] = parent
     started, sums = time.perf_counter(), np.zeros(5)  # loss, bpp, mse, norm, count
