@@ -227,7 +227,8 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
         num_workers: DataLoader workers (default 0 on CPU, 6 on GPU); results
             do not depend on it.
         parent: for a run that started from another run's weights, what the
-            recipe records about it (``dvae train --init``).
+            recipe records about it (``dvae train --init``); a resumed run
+            keeps the parent its checkpoint recorded.
         amp: ``"auto"`` (or ``True``), ``"bf16"`` or ``"off"`` (or ``False``):
             the autocast dtype, see :func:`autocast_dtype`.
         channels_last: keep weights and batches in ``torch.channels_last``
