@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from dvae_tutorial.evaluation import bd_rate, jpeg_curve, jpeg_point
+from dvae_tutorial.evaluation import (
+    bd_rate,
+    jpeg_curve,
+    jpeg_point,
+    psnr_at_rate,
+    rate_at_psnr,
+)
 from dvae_tutorial.metrics import bpp, mse_8bit, psnr_8bit, to_uint8
 
 
@@ -67,3 +73,21 @@ def test_jpeg_on_kodak_matches_the_numbers_measured_for_the_guide(kodak):
     curve = jpeg_curve(kodak, qualities=(5, 20, 60, 90))
     assert curve["bpp"] == pytest.approx([0.221, 0.508, 1.037, 2.346], abs=6e-4)
     assert curve["psnr"] == pytest.approx([23.85, 29.14, 32.91, 38.03], abs=6e-3)
+
+
+def test_rate_at_psnr_interpolates_log_rate_and_refuses_to_extrapolate():
+    # a curve that doubles its rate per 6 dB: log-rate is linear in PSNR, so
+    # the interpolation is exact between points
+    psnrs = [36.0, 24.0, 30.0]  # unsorted on purpose
+    rates = [0.25 * 2 ** ((p - 24) / 6) for p in psnrs]
+    assert rate_at_psnr(rates, psnrs, 27.0) == pytest.approx(0.25 * 2 ** 0.5)
+    assert rate_at_psnr(rates, psnrs, 36.0) == pytest.approx(1.0)
+    assert rate_at_psnr(rates, psnrs, 23.9) is None
+    assert rate_at_psnr(rates, psnrs, 36.1) is None
+
+
+def test_psnr_at_rate_is_linear_between_points():
+    rates, psnrs = [1.0, 0.5, 0.25], [36.0, 30.0, 24.0]
+    assert psnr_at_rate(rates, psnrs, 0.75) == pytest.approx(33.0)
+    assert psnr_at_rate(rates, psnrs, 0.2) is None
+    assert psnr_at_rate(rates, psnrs, 1.5) is None

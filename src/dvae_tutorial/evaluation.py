@@ -97,6 +97,32 @@ def bd_rate(rate_ref, psnr_ref, rate_test, psnr_test) -> float:
     return float((np.exp(mean_diff) - 1.0) * 100.0)
 
 
+def psnr_at_rate(rates, psnrs, rate: float) -> float | None:
+    """A curve's PSNR at ``rate``, interpolated linearly between its points;
+    ``None`` outside the curve's rate range (no extrapolation)."""
+    rates, psnrs = _sorted_by(rates, psnrs)
+    return float(np.interp(rate, rates, psnrs)) if rates[0] <= rate <= rates[-1] else None
+
+
+def rate_at_psnr(rates, psnrs, psnr: float) -> float | None:
+    """The rate a curve needs for ``psnr``: log-rate interpolated linearly in
+    PSNR (the quantity BD-rate averages); ``None`` outside its PSNR range.
+
+    Point by point, ``1 - rate / rate_at_psnr(ref_rates, ref_psnrs, psnr)``
+    is the share of bits saved against ``ref`` at equal quality.
+    """
+    psnrs, rates = _sorted_by(psnrs, rates)
+    if not psnrs[0] <= psnr <= psnrs[-1]:
+        return None
+    return float(np.exp(np.interp(psnr, psnrs, np.log(rates))))
+
+
+def _sorted_by(keys, values) -> tuple[np.ndarray, np.ndarray]:
+    keys, values = np.asarray(keys, float), np.asarray(values, float)
+    order = np.argsort(keys)
+    return keys[order], values[order]
+
+
 def evaluate_model(model, images: Sequence, names: Sequence[str] | None = None,
                    name: str | None = None) -> dict:
     """Compress and decompress every image through real ``.dvae`` file bytes.
