@@ -19,7 +19,12 @@ from PIL import Image
 from dvae_tutorial import codec
 from dvae_tutorial.checkpoints import CHECKPOINT_VERSION, build_model, save_checkpoint
 from dvae_tutorial.cli import main
-from dvae_tutorial.configs import HierarchicalConfig, ModelConfig, TrainConfig
+from dvae_tutorial.configs import (
+    HierarchicalConfig,
+    HierarchicalPriorConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from dvae_tutorial.entropy_coding import decode_latents
 from dvae_tutorial.errors import CodingError, DataError, DVAEError
 from dvae_tutorial.images import load_image, to_tensor01
@@ -34,12 +39,18 @@ HIER = HierarchicalConfig(widths=(8, 8, 8), encoder_blocks=(1, 1, 1),
                           latent_blocks=(2, 1, 1), latent_channels=(2, 3, 4),
                           decoder_blocks=(1, 0, 0), kernel_sizes=(3, 3, 1),
                           stem_stride=2)
+#: The book's hierarchical model, tiny: 8-channel transforms, z1 (stride 32),
+#: z2, z3 (stride 16) and y.
+PRIOR = HierarchicalPriorConfig(channels=8, latent_channels=8, widths=(8, 8),
+                                encoder_blocks=(1, 1), latent_blocks=(2, 1),
+                                z_channels=(3, 2), kernel_sizes=(3, 1))
 
 
 def write_model(folder, name, config, lmbda, seed):
     torch.manual_seed(seed)
     model = build_model(config).eval()
     ckpt = {"version": CHECKPOINT_VERSION, "family": model.family,
+            "config_type": type(config).__name__,
             "model_config": dataclasses.asdict(config),
             "train_config": dataclasses.asdict(TrainConfig(lmbda=lmbda)), "step": 0,
             "history": {}, "recipe": {"lmbda": lmbda}, "ema": model.state_dict()}
@@ -53,7 +64,8 @@ def models(tmp_path, monkeypatch):
     monkeypatch.setattr(codec, "WEIGHTS_DIR", folder)
     return {"tiny-f": write_model(folder, "tiny-f", FACT, 100.0, 0),
             "tiny-h": write_model(folder, "tiny-h", HYPER, 400.0, 1),
-            "tiny-q": write_model(folder, "tiny-q", HIER, 200.0, 2)}
+            "tiny-q": write_model(folder, "tiny-q", HIER, 200.0, 2),
+            "tiny-p": write_model(folder, "tiny-p", PRIOR, 300.0, 3)}
 
 
 def photo(h, w, seed=0):
@@ -85,7 +97,7 @@ ODD = {  # name -> (Pillow image to save, suffix)
 
 
 @pytest.mark.parametrize("name", sorted(ODD))
-@pytest.mark.parametrize("model_name", ["tiny-f", "tiny-h", "tiny-q"])
+@pytest.mark.parametrize("model_name", ["tiny-f", "tiny-h", "tiny-q", "tiny-p"])
 def test_odd_images_round_trip_through_files(models, tmp_path, name, model_name,
                                              capsys):
     image, suffix = ODD[name]

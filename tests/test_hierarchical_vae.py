@@ -18,10 +18,10 @@ from scipy.stats import norm
 
 from dvae_tutorial import bitstream, codec
 from dvae_tutorial.configs import (
-    HIER3,
-    HIER12,
     HIERARCHICAL_PRESETS,
     PRESETS,
+    RESNET3,
+    RESNET12,
     HierarchicalConfig,
     TrainConfig,
 )
@@ -87,10 +87,10 @@ def _is_integer(t: torch.Tensor, atol: float = 1e-4) -> bool:
 
 def test_configs_validate_round_trip_and_presets_fit_their_patches():
     assert TINY_H.stride == 8 and TINY_H.num_layers == 3
-    assert HIER3.model.num_layers == 3 and HIER12.model.num_layers == 12
+    assert RESNET3.model.num_layers == 3 and RESNET12.model.num_layers == 12
     as_lists = {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(HIER12.model).items()}
-    assert HierarchicalConfig(**as_lists) == HIER12.model  # e.g. read from JSON
+                for k, v in dataclasses.asdict(RESNET12.model).items()}
+    assert HierarchicalConfig(**as_lists) == RESNET12.model  # e.g. read from JSON
     with pytest.raises(DVAEError, match="latent_blocks has 2 entries"):
         dataclasses.replace(TINY_H, latent_blocks=(1, 1))
     with pytest.raises(DVAEError, match="latent channels >= 1"):
@@ -102,9 +102,9 @@ def test_configs_validate_round_trip_and_presets_fit_their_patches():
         assert preset.train.patch_size % stride == 0, name
         assert preset.train.patch_size >= 4 * stride, name  # top latent >= 4×4
     counts = {name: count_parameters(HierarchicalVAE(HIERARCHICAL_PRESETS[name].model))
-              for name in ("hier3", "hier12")}
-    assert round(counts["hier3"] / 1e6, 1) == 1.0  # the numbers in configs.py
-    assert round(counts["hier12"] / 1e6, 1) == 1.7
+              for name in ("resnet3", "resnet12")}
+    assert round(counts["resnet3"] / 1e6, 1) == 1.0  # the numbers in configs.py
+    assert round(counts["resnet12"] / 1e6, 1) == 1.7
 
 
 # --- forward ------------------------------------------------------------------

@@ -314,7 +314,7 @@ def test_dvae_train_builds_hierarchical_presets(tmp_path, capsys):
     from dvae_tutorial.hierarchical_vae import HierarchicalVAE
 
     photos, out = _photos(tmp_path / "photos"), tmp_path / "h.pt"
-    assert main(["train", "--preset", "hier3", "--steps", "2", "--batch", "2",
+    assert main(["train", "--preset", "resnet3", "--steps", "2", "--batch", "2",
                  "--patch", "64", "--train-dir", str(photos), "--device", "cpu",
                  "--quiet", "--out", str(out), "--export",
                  str(tmp_path / "h16.pt")]) == 0

@@ -27,8 +27,8 @@ from .single_layer_vae import SingleLayerVAE
 #: Version of the checkpoint dict's layout (bump when keys change meaning).
 CHECKPOINT_VERSION = 1
 #: Keys a shipped (fp16, EMA-only) checkpoint keeps; it cannot be resumed.
-SHIPPED_KEYS = ("version", "family", "model_config", "train_config", "step", "history",
-                "recipe")
+SHIPPED_KEYS = ("version", "family", "config_type", "model_config", "train_config",
+                "step", "history", "recipe")
 
 
 def make_recipe(cfg: TrainConfig, train_data, val_data, val_root, device) -> dict:
@@ -94,12 +94,18 @@ def load_checkpoint(path: str | os.PathLike,
 def build_model(config) -> torch.nn.Module:
     """A fresh model for a config: :class:`SingleLayerVAE` for a
     :class:`~dvae_tutorial.configs.ModelConfig`,
+    :class:`~dvae_tutorial.hierarchical_prior.HierarchicalPriorVAE` for a
+    :class:`~dvae_tutorial.configs.HierarchicalPriorConfig`,
     :class:`~dvae_tutorial.hierarchical_vae.HierarchicalVAE` for a
     :class:`~dvae_tutorial.configs.HierarchicalConfig`."""
-    from .configs import HierarchicalConfig
+    from .configs import HierarchicalConfig, HierarchicalPriorConfig
 
     if isinstance(config, ModelConfig):
         return SingleLayerVAE(config)
+    if isinstance(config, HierarchicalPriorConfig):
+        from .hierarchical_prior import HierarchicalPriorVAE
+
+        return HierarchicalPriorVAE(config)
     if isinstance(config, HierarchicalConfig):
         from .hierarchical_vae import HierarchicalVAE
 
@@ -107,25 +113,32 @@ def build_model(config) -> torch.nn.Module:
     raise DVAEError(f"no model family for a config of type {type(config).__name__}")
 
 
+def model_config(checkpoint: dict):
+    """The checkpoint's architecture as its config dataclass.
+
+    ``config_type`` names the dataclass (written since the hierarchical prior
+    exists); older files have none and are told apart by ``family``.
+    """
+    from .configs import HierarchicalConfig, HierarchicalPriorConfig
+
+    types = {t.__name__: t for t in (ModelConfig, HierarchicalConfig,
+                                     HierarchicalPriorConfig)}
+    family = checkpoint.get("family", "single")
+    name = checkpoint.get("config_type") or (
+        "ModelConfig" if family == "single" else "HierarchicalConfig")
+    if name not in types:
+        raise DVAEError(f"the checkpoint holds a model of unknown type {name!r}")
+    return types[name](**checkpoint["model_config"])
+
+
 def load_model(path: str | os.PathLike,
                map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """The model of a checkpoint's config with its EMA weights (float32, eval mode).
 
-    The checkpoint's ``family`` (``"single"`` when absent, as in files written
-    before the hierarchical models existed) picks the class:
-    :class:`SingleLayerVAE` or
-    :class:`~dvae_tutorial.hierarchical_vae.HierarchicalVAE`.
+    :func:`model_config` picks the class (:func:`build_model`).
     """
     ckpt = load_checkpoint(path, map_location)
-    family = ckpt.get("family", "single")
-    if family == "single":
-        model = build_model(ModelConfig(**ckpt["model_config"]))
-    elif family == "hierarchical":
-        from .configs import HierarchicalConfig
-
-        model = build_model(HierarchicalConfig(**ckpt["model_config"]))
-    else:
-        raise DVAEError(f"{path} holds a model of unknown family {family!r}")
+    model = build_model(model_config(ckpt))
     model.load_state_dict(ema_weights(ckpt))
     return model.to(map_location).eval()
 
@@ -138,13 +151,18 @@ def ema_weights(checkpoint: dict) -> dict:
 
 
 @torch.no_grad()
-def transfer_weights(model: torch.nn.Module, state: dict) -> list[str]:
+def transfer_weights(model: torch.nn.Module, state: dict,
+                     only: tuple[str, ...] = ()) -> list[str]:
     """Load ``state`` into ``model``, also into a *wider* model of the same design.
 
     A tensor of the same shape is copied; a tensor that is larger along some
     dimensions (e.g. a model with more latent channels) receives the parent's
     values in its leading slice and keeps its fresh initialisation elsewhere.
     Returns the names of those partly copied tensors (empty: an exact load).
+    With ``only`` (name prefixes, e.g. ``("g_a.", "g_s.")``) just those
+    tensors are required and copied; the rest of ``model`` keeps its
+    initialisation (a hierarchical prior over a single-layer model's
+    transforms).
 
     Raises:
         DVAEError: a name missing on either side, or a tensor smaller than the
@@ -153,6 +171,9 @@ def transfer_weights(model: torch.nn.Module, state: dict) -> list[str]:
     See: *A discretized VAE codec* (training at high rates).
     """
     own = model.state_dict()
+    if only:
+        own = {k: v for k, v in own.items() if k.startswith(only)}
+        state = {k: v for k, v in state.items() if k.startswith(only)}
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or extra:
         raise DVAEError(f"the weights do not fit this model: missing {missing[:3]}, "

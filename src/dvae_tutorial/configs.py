@@ -205,7 +205,7 @@ class HierarchicalConfig:
 
     The model is a pyramid of *stages*, listed finest first: stage ``s`` works
     at stride ``stem_stride * 2**s``; every per-stage tuple has one entry per
-    stage. The defaults are the :data:`HIER12` model (QRes-VAE's layout of 12
+    stage. The defaults are the :data:`RESNET12` model (QRes-VAE's layout of 12
     latent layers over 5 resolutions [duan2023qresvae], narrower).
 
     Attributes:
@@ -269,7 +269,7 @@ class HierarchicalConfig:
 #: train batch 16 for 100 k–200 k steps (QRes-VAE's public script: Adam 2e-4,
 #: batch 16 per GPU, 600 k steps [duan2023qresvae]). lr 5e-4 with a longer
 #: warm-up is our untested middle between the book's 1e-3 and QRes-VAE's 2e-4.
-HIER3 = Preset(
+RESNET3 = Preset(
     HierarchicalConfig(latent_blocks=(1, 0, 1, 0, 1),
                        latent_channels=(12, 0, 24, 0, 32),
                        decoder_blocks=(2, 2, 1, 1, 0)),
@@ -282,15 +282,15 @@ HIER3 = Preset(
 #: The book's hierarchical model. Measured on one (shared) CPU thread: 0.06 s
 #: forward, 0.26–0.29 s forward + backward for 4 images of 64×64; 4.9–6.2 s
 #: per step of 8 patches of 256×256 (8 000 steps: 11–14 h on a CPU). GPU
-#: recipe as for :data:`HIER3`.
-HIER12 = Preset(
+#: recipe as for :data:`RESNET3`.
+RESNET12 = Preset(
     HierarchicalConfig(),
     TrainConfig(steps=8_000, batch_size=8, patch_size=256, lr=5e-4,
                 warmup_steps=1_000),
 )
 
 #: QRes-VAE (34 M) as published [duan2023qresvae]: widths 192/384, encoder
-#: blocks 6, 6, 6, 4, 2, kernels 7, 7, 5, 3, 1, the HIER12 latent layout; its
+#: blocks 6, 6, 6, 4, 2, kernels 7, 7, 5, 3, 1, the RESNET12 latent layout; its
 #: public recipe: 256×256 COCO crops, Adam 2e-4 constant, gradient clip 2,
 #: EMA 0.9999, 4 GPUs × 16 per step, 600 k steps. For reference, not shipped:
 #: our blocks differ in detail: 31.7 M parameters here, not 34 M.
@@ -301,7 +301,74 @@ PAPER = Preset(
                 warmup_steps=0, lr_decay_fraction=0.0, grad_clip=2.0,
                 ema_decay=0.9999),
 )
-#: Hierarchical presets by name (not yet in :data:`PRESETS`: ``dvae train``
-#: builds a SingleLayerVAE from those).
+
+
+@dataclass(frozen=True)
+class HierarchicalPriorConfig:
+    """Architecture of :class:`~dvae_tutorial.hierarchical_prior.HierarchicalPriorVAE`.
+
+    The single-layer transforms (``channels`` N, ``latent_channels`` M, GDN)
+    under a hierarchy of latent layers over ``y``: per-stage tuples list the
+    stages finest first, stage ``s`` at stride ``16 · 2**s``. ``dvae train
+    --init`` with a single-layer checkpoint takes N and M from it.
+
+    Attributes:
+        channels, latent_channels, gdn: the transforms (as :class:`ModelConfig`).
+        widths: feature channels of the prior's stages.
+        encoder_blocks: ConvNeXt blocks of the bottom-up path over ``y``.
+        latent_blocks: latent layers ``z`` per stage (``y`` not counted;
+            ``L = sum + 1``); decoded coarsest first.
+        z_channels: channels of each ``z`` at that stage.
+        kernel_sizes: depthwise kernel of the stage's blocks (odd).
+    """
+
+    channels: int = 128
+    latent_channels: int = 192
+    gdn: bool = True
+    widths: tuple[int, ...] = (128, 128, 128)
+    encoder_blocks: tuple[int, ...] = (1, 1, 1)
+    latent_blocks: tuple[int, ...] = (2, 4, 5)
+    z_channels: tuple[int, ...] = (16, 16, 16)
+    kernel_sizes: tuple[int, ...] = (5, 3, 3)
+
+    def __post_init__(self) -> None:
+        names = ("widths", "encoder_blocks", "latent_blocks", "z_channels",
+                 "kernel_sizes")
+        for name in names:  # lists (e.g. from JSON) become tuples
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if any(len(getattr(self, n)) != len(self.widths) for n in names) or not (
+                self.widths and min(self.widths) >= 4 and self.channels >= 1
+                and self.latent_channels >= 1 and min(self.z_channels) >= 1
+                and min(self.latent_blocks) >= 0
+                and all(k % 2 for k in self.kernel_sizes)):
+            raise DVAEError(f"invalid HierarchicalPriorConfig: {self}")
+
+    @property
+    def stride(self) -> int:
+        """Input sides must be multiples of this (the model pads to it)."""
+        return LATENT_STRIDE * STAGE_FACTOR ** (len(self.widths) - 1)
+
+    @property
+    def num_layers(self) -> int:
+        """``L``: the ``z`` layers and ``y`` (streams per image)."""
+        return sum(self.latent_blocks) + 1
+
+
+#: The recipe of the hierarchical prior (stage 2, ``--freeze-transforms``):
+#: 16×16 latent crops (256² pixels: a 4×4 top layer, the patch-size note),
+#: batch 16, Adam 1e-3 with a short warm-up, the last 15 % at 1e-4.
+PRIOR_TRAIN = TrainConfig(steps=6_000, batch_size=16, patch_size=256, lr=1e-3,
+                          warmup_steps=200, val_every=500)
+
+#: 3 latent layers: ``z_1`` at stride 64, ``z_2`` at stride 32, ``y`` (16) —
+#: a two-level hyperprior whose every level is a discretized VAE layer.
+HIER3 = Preset(HierarchicalPriorConfig(latent_blocks=(0, 1, 1)), PRIOR_TRAIN)
+#: 12 latent layers: 5 at stride 64, 4 at stride 32, 2 at stride 16 and ``y``.
+HIER12 = Preset(HierarchicalPriorConfig(), PRIOR_TRAIN)
+
+#: Hierarchical presets by name: the book's models over single-layer latents
+#: (``hier3``, ``hier12``) and the from-scratch ResNet VAE (``resnet3``,
+#: ``resnet12``, and QRes-VAE's size, ``paper``).
 HIERARCHICAL_PRESETS: dict[str, Preset] = {"hier3": HIER3, "hier12": HIER12,
+                                           "resnet3": RESNET3, "resnet12": RESNET12,
                                            "paper": PAPER}

@@ -360,17 +360,30 @@ class HierarchicalVAE(nn.Module):
             raise DVAEError(f"sample needs n >= 1, positive sides and a temperature "
                             f">= 0, got n={n}, shape={shape}, t={temperature}")
 
-        def choose(layer, mean, scale, post):
-            eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
-                              device=mean.device)
-            u = torch.rand(mean.shape, generator=generator, dtype=mean.dtype,
-                           device=mean.device) - 0.5
-            if integer:
-                return mean + torch.round(temperature * scale * eps)
-            return mean + temperature * (scale * eps + u)
-
-        out = self._top_down(n, self.padded_size(shape), choose)
+        out = self._top_down(n, self.padded_size(shape),
+                             sample_choice(temperature, integer, generator))
         return out._replace(x_hat=crop(out.x_hat, shape).clamp(0.0, 1.0))
+
+
+def sample_choice(temperature: float, integer: bool,
+                  generator: torch.Generator | None) -> ChooseLatent:
+    """The :data:`ChooseLatent` of ancestral sampling (both hierarchical models).
+
+    Draws ``ε ~ N(0, 1)``, then ``u ~ U(-½, ½)`` (both, in both modes, so one
+    seed gives the same ``ε`` with and without ``integer``) and returns
+    ``μ + t(σε + u)``, or ``μ + round(tσε)`` on the coder's lattice.
+    """
+
+    def choose(layer, mean, scale, post):
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
+                          device=mean.device)
+        u = torch.rand(mean.shape, generator=generator, dtype=mean.dtype,
+                       device=mean.device) - 0.5
+        if integer:
+            return mean + torch.round(temperature * scale * eps)
+        return mean + temperature * (scale * eps + u)
+
+    return choose
 
 
 @torch.no_grad()

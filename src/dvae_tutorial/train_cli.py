@@ -98,12 +98,17 @@ def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
         f" {cfg.steps} steps of {cfg.batch_size}×{cfg.patch_size}² patches from "
         f"{len(patches.paths)} photos in {train_root}, on {where}", file=sys.stderr)
     seed_everything(cfg.seed)
-    model = build_model(preset.model)
+    model = build_model(_model_config(preset.model, args, out))
     parent = _init_from(model, args.init) if args.init else None
-    result = fit(model, cfg, patches, val_root, device=device, checkpoint_path=out,
+    trained, data, extra = model, patches, None
+    if args.freeze_transforms:
+        trained, data, extra = _prior_stage(model, args, cfg, out, train_root)
+        say(f"dvae train: transforms frozen; the prior trains on {len(data)} cached "
+            f"latents ({data.crop}×{data.crop} crops)", file=sys.stderr)
+    result = fit(trained, cfg, data, val_root, device=device, checkpoint_path=out,
                  resume=args.resume, progress=not args.quiet,
                  num_workers=args.workers, parent=parent, amp=args.amp,
-                 channels_last=args.channels_last)
+                 channels_last=args.channels_last, extra_recipe=extra)
     if rank > 0:
         return 0
     size = out.stat().st_size
@@ -122,16 +127,64 @@ def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
     return 0
 
 
+def _model_config(config, args: argparse.Namespace, out: Path):
+    """The preset's architecture; a hierarchical prior takes its transforms'
+    sizes (N, M, GDN) from the run it resumes, else from its ``--init``."""
+    from dataclasses import fields
+
+    from .checkpoints import load_checkpoint, model_config
+    from .configs import HierarchicalPriorConfig
+
+    if not isinstance(config, HierarchicalPriorConfig):
+        return config
+    source = out if args.resume and out.is_file() else args.init
+    if source is None:
+        return config
+    own = model_config(load_checkpoint(source))
+    names = {f.name for f in fields(own)} & {"channels", "latent_channels", "gdn"}
+    return replace(config, **{n: getattr(own, n) for n in names})
+
+
+def _prior_stage(model, args: argparse.Namespace, cfg, out: Path, train_root: Path):
+    """``--freeze-transforms``: (the module to train, cached-latent crops, what
+    the recipe adds). ``g_a`` is the one the run trains with: its parent's,
+    or on ``--resume`` the checkpoint's."""
+    from .checkpoints import load_checkpoint
+    from .codec import fingerprint
+    from .hierarchical_prior import HierarchicalPriorVAE, PriorTraining
+    from .latent_cache import LatentCrops, cache_latents, latent_crop
+
+    if not isinstance(model, HierarchicalPriorVAE):
+        raise DVAEError("--freeze-transforms trains a hierarchical prior over frozen "
+                        "transforms: use --preset hier3 or hier12")
+    if args.resume and out.is_file():
+        model.load_state_dict(load_checkpoint(out)["model"])
+    elif not args.init:
+        raise DVAEError("--freeze-transforms needs --init CKPT (the single-layer "
+                        "model whose transforms stay fixed)")
+    cache_path = out.parent / f"latents-{fingerprint(model.g_a).hex()}.pt"
+    cache = cache_latents(model.g_a, train_root, cache_path, progress=not args.quiet)
+    crops = LatentCrops(cache, latent_crop(cfg.patch_size))
+    extra = {"frozen": ["g_a", "g_s"], "latent_cache": cache_path.name,
+             "latent_crop": crops.crop, "latents_skipped": crops.skipped}
+    return PriorTraining(model), crops, extra
+
+
 def _init_from(model, path: str) -> dict:
     """Load the EMA weights of checkpoint ``path`` into ``model`` (fine-tuning
     from another λ, or widening: a preset with more channels gets the parent's
     weights in its leading slices); returns what the recipe records about that
     parent run."""
     from .checkpoints import ema_weights, load_checkpoint, transfer_weights
+    from .hierarchical_prior import HierarchicalPriorVAE
 
     ckpt = load_checkpoint(path)
+    # a hierarchical prior over a single-layer model: its transforms only
+    only = (("g_a.", "g_s.") if isinstance(model, HierarchicalPriorVAE)
+            and ckpt.get("config_type", "ModelConfig") == "ModelConfig"
+            and ckpt.get("family", "single") == "single" else ())
     try:
-        widened = transfer_weights(model, ema_weights(ckpt))
+        widened = transfer_weights(model, ema_weights(ckpt), only=only)
     except DVAEError as err:
         raise DVAEError(f"--init {path} (config {ckpt['model_config']}): {err}") from None
     recipe = ckpt.get("recipe", {})
@@ -181,5 +234,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "off: float32 everywhere (default: auto)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format (faster on CPU)")
+    parser.add_argument("--freeze-transforms", action="store_true",
+                        help="hier3/hier12 with --init a single-layer model: keep "
+                        "its g_a/g_s fixed and train only the prior, on cached "
+                        "latents of the photos (written next to --out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cli_train)

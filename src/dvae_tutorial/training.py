@@ -205,7 +205,7 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
         checkpoint_path: str | os.PathLike | None = None, resume: bool = True,
         progress: bool = True, num_workers: int | None = None,
         parent: dict | None = None, amp: bool | str = True,
-        channels_last: bool = False) -> FitResult:
+        channels_last: bool = False, extra_recipe: dict | None = None) -> FitResult:
     """Train ``model`` in place on ``loss = mean(bpp + lmbda * mse)``.
 
     Adam with :meth:`TrainConfig.lr_at`, gradients clipped to ``grad_clip``;
@@ -234,6 +234,8 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
         channels_last: keep weights and batches in ``torch.channels_last``
             memory format (faster convolutions on CPU; same numbers up to
             float rounding). Recorded in the recipe.
+        extra_recipe: more fields for the recipe (e.g. which parts were
+            frozen).
 
     In a process group of size > 1 (``torchrun``) it trains data-parallel:
     ``train_cfg.batch_size`` (divisible by the size) is split over the
@@ -259,6 +261,7 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ckpt = {"version": CHECKPOINT_VERSION, "family": getattr(model, "family", "single"),
+            "config_type": type(model.config).__name__,
             "step": 0, "skipped": 0, "wall_s": 0.0,
             "model_config": asdict(model.config), "train_config": asdict(cfg),
             "history": {"train": [], "val": []}}
@@ -287,6 +290,7 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
               "precision": PRECISIONS[amp_dtype], "world_size": where.size}
     if channels_last:
         recipe["memory_format"] = "channels_last"
+    recipe.update(extra_recipe or {})
     # a resumed run keeps the lineage its first part recorded (--init is read
     # only when a run starts)
     parent = (ckpt.get("recipe") or {}).get("parent", parent)
@@ -318,7 +322,10 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
             sums[:] = 0
         if done % cfg.val_every == 0 or done == cfg.steps:
             if val_data is not None and where.rank == 0:
-                val = validate(ema, val_data, cfg.lmbda)
+                # a model trained on something else than images (the prior on
+                # cached latents) validates through the full model it is part of
+                val = validate(getattr(ema, "validation_model", ema), val_data,
+                               cfg.lmbda)
                 ckpt["history"]["val"].append({"step": done, **val})
                 bar.set_postfix(val_bpp=f"{val['bpp']:.3f}",
                                 val_psnr=f"{val['psnr']:.2f}")

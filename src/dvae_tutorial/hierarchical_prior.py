@@ -1,0 +1,379 @@
+"""The book's hierarchical VAE: a hierarchy of latent layers over a single-layer latent.
+
+Backs the chapter *Hierarchical VAEs*. The finest latent is the single-layer
+model's ``y`` (stride 16, from :mod:`~dvae_tutorial.single_layer_vae`'s
+``g_a``); above it sit ``L - 1`` latent layers ``z_1 … z_{L-1}`` at strides
+16, 32, 64 (several per stride), decoded top-down from a learned constant by
+QRes-VAE's latent blocks [duan2023qresvae] (:class:`~dvae_tutorial.
+hierarchical_vae.LatentBlock`). Every layer, ``y`` included, is the seed's
+construction: a uniform posterior ``U(post_mean - ½, post_mean + ½)`` and a
+discretized Gaussian prior whose mean and scale come from the layers above::
+
+    x --g_a--> y --bottom-up--> e_s (one feature map per stage)
+    h = learned constant (stride 64); for l = 1 … L-1 (top-down):
+        p(z_l | z_<l) from h, q(z_l | y, z_<l) from [h, e_s]; h <- merge(h, z_l)
+    p(y | z_<L) = N(prior_mean, prior_scale²) ⊛ U(-½, ½), from h at stride 16
+    x_hat = g_s(y_hat)
+
+This is a Ballé-style hyperprior [balle2018variational, minnen2018joint]
+made deep: with ``L = 2`` it *is* the mean–scale hyperprior. Why this design
+(and not the from-scratch ResNet VAE of :mod:`~dvae_tutorial.
+hierarchical_vae`): the single-layer models' transforms are already trained;
+what they lack is a prior that adapts to the image. Warm-started from them,
+the prior trains on cached latents at 1/16 of the image resolution (the
+transforms frozen: same PSNR, only the rate changes), then end to end.
+
+One loop, :meth:`HierarchicalPriorVAE._top_down`, runs the prior for the
+training forward, :meth:`~HierarchicalPriorVAE.compress`,
+:meth:`~HierarchicalPriorVAE.decompress`, progressive decoding and sampling.
+
+**Decoding elsewhere.** A layer's prior scale comes out of a network, and
+the coder snaps it to a table index: a last-bit difference between encoder
+and decoder at a table boundary desynchronises the stream. Convolutions in
+float32 differ in their last bits between thread counts (measured: 9 of 24
+Kodak files of a float32 prior failed to decode with another thread count).
+So :meth:`compress` and :meth:`decompress` run the prior in **float64**: the
+same differences are then ~1e-16 relative, and a flip needs a scale within
+that of a table boundary (≈ 3e-14 per element, ~1e-8 per Kodak image). The
+transforms ``g_a``/``g_s`` stay float32 (they do not touch the coder).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .configs import LATENT_STRIDE, STAGE_FACTOR, HierarchicalPriorConfig, ModelConfig
+from .distributions import discretized_gaussian_bits
+from .entropy_coding import decode_latents, encode_latents
+from .errors import CodingError, DVAEError
+from .hierarchical_vae import (
+    ChooseLatent,
+    ConvNeXtBlock,
+    LatentBlock,
+    _head,
+    sample_choice,
+)
+from .layers import scale_
+from .quantization import add_uniform_noise, quantize
+from .single_layer_vae import (
+    Compressed,
+    VAEOutput,
+    _check_images,
+    _transforms,
+    crop,
+    pad_to_multiple,
+    positive_scale,
+)
+
+
+class PriorPass(NamedTuple):
+    """One run of the prior, per layer in top-down order ``z_1 … z_{L-1}, y``.
+
+    Attributes:
+        latents: the values the prior conditioned on (noisy, rounded, decoded…);
+            the last one is ``y``'s.
+        prior_means, prior_scales: each layer's prior.
+    """
+
+    latents: list[Tensor]
+    prior_means: list[Tensor]
+    prior_scales: list[Tensor]
+
+
+class LatentHierarchy(nn.Module):
+    """The prior of ``y``: bottom-up features of ``y``, top-down latent layers.
+
+    Stage ``s`` works at stride ``16 · 2^s`` of the image (``y``'s grid is
+    stage 0). See: *Hierarchical VAEs* (the structure).
+    """
+
+    def __init__(self, config: HierarchicalPriorConfig) -> None:
+        super().__init__()
+        c, m = config, config.latent_channels
+        stages = range(len(c.widths))
+
+        def blocks(s: int, n: int) -> list[ConvNeXtBlock]:
+            return [ConvNeXtBlock(c.widths[s], c.kernel_sizes[s]) for _ in range(n)]
+
+        def into(s: int) -> nn.Conv2d:  # y → stage 0, or stage s-1 → s (2×2 patches)
+            if s == 0:
+                return nn.Conv2d(m, c.widths[0], 3, padding=1)
+            return nn.Conv2d(c.widths[s - 1], c.widths[s], STAGE_FACTOR,
+                             stride=STAGE_FACTOR)
+
+        self.encoder = nn.ModuleList(nn.Sequential(into(s), *blocks(s, c.encoder_blocks[s]))
+                                     for s in stages)
+        self.bias = nn.Parameter(torch.zeros(1, c.widths[-1], 1, 1))
+        self.latent = nn.ModuleList(nn.ModuleList(
+            LatentBlock(c.widths[s], c.z_channels[s], c.kernel_sizes[s])
+            for _ in range(c.latent_blocks[s])) for s in stages)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(c.widths[s], c.widths[s - 1], STAGE_FACTOR,
+                               stride=STAGE_FACTOR) for s in stages if s > 0)
+        # y's prior: one more block, then a head as wide as the stage (the
+        # z-layers' heads are width/4 wide; y has M = 96-192 channels to predict)
+        self.y_front = ConvNeXtBlock(c.widths[0], c.kernel_sizes[0])
+        self.y_head = _head(c.widths[0], c.widths[0], 2 * m)
+        self._init()
+
+    @torch.no_grad()
+    def _init(self) -> None:
+        """Every prior starts as N(0, 0.80²) (zero last layers); residual
+        branches of the top-down stream scaled by 1/√n (see
+        :func:`~dvae_tutorial.hierarchical_vae.init_hierarchical_`)."""
+        encoder = [b.pw2 for stage in self.encoder for b in stage[1:]]
+        decoder = [self.y_front.pw2]
+        for stage in self.latent:
+            decoder += [x for b in stage for x in (b.front.pw2, b.proj[-1], b.end.pw2)]
+        for branches in (encoder, decoder):
+            for layer in branches:
+                scale_(layer, 1.0 / len(branches) ** 0.5)
+        heads = [b.prior_head[-1] for stage in self.latent for b in stage]
+        for head in [*heads, self.y_head[-1]]:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def encode(self, y: Tensor) -> list[Tensor]:
+        """Bottom-up features ``e_s`` of ``y``, finest first."""
+        features, e = [], y
+        for stage in self.encoder:
+            e = stage(e)
+            features.append(e)
+        return features
+
+    def y_prior(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``(prior_mean, prior_scale)`` of ``y`` from the stride-16 stream ``h``."""
+        mean, raw_scale = self.y_head(self.y_front(h)).chunk(2, dim=1)
+        return mean, positive_scale(raw_scale)
+
+    def top_down(self, batch: int, size: tuple[int, int], choose: ChooseLatent,
+                 y: Tensor | None = None) -> PriorPass:
+        """The one prior path. ``size`` is ``y``'s (h, w) (multiples of the
+        stage factor ``2^(S-1)``); with ``y`` the posteriors are available.
+
+        ``choose(l, prior_mean, prior_scale, post_mean or None)`` picks layer
+        ``l``'s value (``l = L - 1`` is ``y``, whose ``post_mean`` is ``y``).
+        """
+        top = STAGE_FACTOR ** (len(self.latent) - 1)
+        features = None if y is None else self.encode(y)
+        h = self.bias.expand(batch, -1, size[0] // top, size[1] // top)
+        latents, means, scales = [], [], []
+        for s in reversed(range(len(self.latent))):
+            for block in self.latent[s]:
+                h, mean, scale = block.prior(h)
+                post = None if y is None else block.posterior_mean(h, features[s])
+                z = choose(len(latents), mean, scale, post)
+                h = block.merge(h, z)
+                latents.append(z)
+                means.append(mean)
+                scales.append(scale)
+            if s > 0:
+                h = self.up[s - 1](h)
+        mean, scale = self.y_prior(h)
+        latents.append(choose(len(latents), mean, scale, y))
+        means.append(mean)
+        scales.append(scale)
+        return PriorPass(latents, means, scales)
+
+    def bits(self, y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Bits per image of every layer given ``y`` (B, M, h, w), keyed ``"z1"``
+        … ``"z{L-1}"``, ``"y"`` (``-Σ log₂ p̂`` of each), and the ``y`` the
+        decoder gets: noisy latents in ``train()``, rounded around the prior
+        means in ``eval()``."""
+
+        def choose(layer, mean, scale, post):
+            return add_uniform_noise(post) if self.training else quantize(post, mean)
+
+        out = self.top_down(y.shape[0], tuple(y.shape[-2:]), choose, y)
+        names = [f"z{i + 1}" for i in range(len(out.latents) - 1)] + ["y"]
+        bits = {name: discretized_gaussian_bits(z, m, s).sum((1, 2, 3))
+                for name, z, m, s in zip(names, out.latents, out.prior_means,
+                                         out.prior_scales, strict=True)}
+        return bits, out.latents[-1]
+
+
+class HierarchicalPriorVAE(nn.Module):
+    """The single-layer transforms ``g_a``/``g_s`` with a hierarchical prior.
+
+    See the module docstring and *Hierarchical VAEs*. ``g_a`` and ``g_s`` have
+    the names and shapes of :class:`~dvae_tutorial.single_layer_vae.
+    SingleLayerVAE`'s, so ``dvae train --init`` takes them from a shipped
+    single-layer checkpoint.
+    """
+
+    #: The family written in ``.dvae`` headers and listed by ``dvae models``.
+    family = "hierarchical"
+
+    def __init__(self, config: HierarchicalPriorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.g_a, self.g_s = _transforms(ModelConfig(
+            channels=config.channels, latent_channels=config.latent_channels,
+            hyperprior=False, gdn=config.gdn))
+        self.prior = LatentHierarchy(config)
+
+    @property
+    def stride(self) -> int:
+        """Images are padded to multiples of this (64 for three stages)."""
+        return self.config.stride
+
+    def padded_size(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) rounded up to multiples of :attr:`stride`."""
+        return tuple(-(-int(side) // self.stride) * self.stride for side in shape)
+
+    def forward(self, x: Tensor) -> VAEOutput:
+        """Rate and distortion per image (as :func:`~dvae_tutorial.training.fit`
+        needs); ``bits`` keyed ``"z1" … "z{L-1}", "y"``, ``bpp`` per unpadded
+        pixel. Uniform noise in ``train()``; in ``eval()`` rounding, with the
+        prior in float64 as :meth:`compress` runs it, so ``x_hat.clamp(0, 1)``
+        is exactly :meth:`decompress`'s and the bits are the streams' ``-Σ log₂ P``."""
+        _check_images(x)
+        size = x.shape[-2:]
+        y = self.g_a(pad_to_multiple(x, self.stride))
+        if self.training:
+            bits, y_q = self.prior.bits(y)
+        else:  # the coder's float64 prior: x_hat is exactly decompress's
+            bits, y_q = self._coding_prior().bits(y.double())
+            y_q = y_q.to(y.dtype)
+        x_hat = crop(self.g_s(y_q), size)
+        bpp = sum(bits.values()) / (size[0] * size[1])
+        mse = (x_hat - x).square().mean((1, 2, 3))
+        return VAEOutput(x_hat, bits, bpp, mse)
+
+    def _coding_prior(self) -> LatentHierarchy:
+        """A float64 copy of the prior for coding (see the module docstring)."""
+        return copy.deepcopy(self.prior).double().eval()
+
+    def stream_shapes(self, shape: tuple[int, int]) -> list[tuple[int, ...]]:
+        """Latent shapes :meth:`compress` codes for an (H, W) image, stream order
+        (``z_1`` … ``z_{L-1}``, then ``y``)."""
+        c = self.config
+        h, w = (side // LATENT_STRIDE for side in self.padded_size(shape))
+        return [(1, c.z_channels[s], h // STAGE_FACTOR**s, w // STAGE_FACTOR**s)
+                for s in reversed(range(len(c.widths)))
+                for _ in range(c.latent_blocks[s])] + [(1, c.latent_channels, h, w)]
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> Compressed:
+        """One image (1, 3, H, W) in [0, 1] → one stream per layer, ``z_1`` first.
+
+        See: *Hierarchical VAEs* (layer-by-layer coding).
+        """
+        x = x.unsqueeze(0) if x.dim() == 3 else x
+        _check_images(x, single=True)
+        y = self.g_a(pad_to_multiple(x, self.stride)).double()
+        strings, bits = [], 0.0
+
+        def choose(layer, mean, scale, post):
+            nonlocal bits
+            strings.append(encode_latents(post, mean, scale))
+            z_hat = quantize(post, mean)
+            bits += float(discretized_gaussian_bits(z_hat, mean, scale).sum())
+            return z_hat
+
+        self._coding_prior().top_down(1, tuple(y.shape[-2:]), choose, y)
+        return Compressed(strings, (int(x.shape[-2]), int(x.shape[-1])), bits)
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes], shape: tuple[int, int]) -> Tensor:
+        """Decode all ``L`` streams to ``x_hat`` (1, 3, H, W) in [0, 1].
+
+        Raises:
+            CodingError: not exactly ``L`` streams, or a stream that does not
+                decode under this model's prior.
+        """
+        if len(strings) != self.config.num_layers:
+            raise CodingError(f"this model reads {self.config.num_layers} streams "
+                              f"(one per latent layer), got {len(strings)}")
+        return self.decompress_progressive(strings, shape, len(strings))
+
+    @torch.no_grad()
+    def decompress_progressive(self, strings: list[bytes], shape: tuple[int, int],
+                               k: int) -> Tensor:
+        """Decode the first ``k`` layers, the others at their prior means.
+
+        ``k = L`` is :meth:`decompress`; ``k = L - 1`` decodes every ``z`` and
+        shows ``y``'s prior mean; ``k = 0`` the image of the learned constant.
+        Only ``strings[:k]`` are read. Raises DVAEError for ``k`` outside
+        ``0 … L``, CodingError for fewer than ``k`` or more than ``L`` streams.
+
+        See: *Hierarchical VAEs* (progressive decoding).
+        """
+        layers = self.config.num_layers
+        if not 0 <= k <= layers:
+            raise DVAEError(f"k must be between 0 and {layers} layers, got {k}")
+        if not k <= len(strings) <= layers:
+            raise CodingError(f"decoding {k} layers needs {k} to {layers} streams, "
+                              f"got {len(strings)}")
+
+        def choose(layer, mean, scale, post):
+            if layer >= k:
+                return mean
+            return decode_latents(strings[layer], mean, scale, tuple(mean.shape))
+
+        size = tuple(side // LATENT_STRIDE for side in self.padded_size(shape))
+        y_hat = self._coding_prior().top_down(1, size, choose).latents[-1]
+        return crop(self.g_s(y_hat.float()), shape).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def sample(self, n: int, shape: tuple[int, int] = (64, 64),
+               temperature: float = 1.0, integer: bool = False,
+               generator: torch.Generator | None = None) -> tuple[Tensor, PriorPass]:
+        """Ancestral sampling, ``z_1`` first and ``y`` last, then ``g_s``.
+
+        As :meth:`~dvae_tutorial.hierarchical_vae.HierarchicalVAE.sample`: each
+        layer draws ``ε ~ N(0, 1)`` then ``u ~ U(-½, ½)``, continuous
+        ``μ + t(σε + u)`` or (``integer``) ``μ + round(tσε)`` on the coder's
+        lattice — one generator seed, the same ``ε`` in both modes. Returns
+        ``x_hat`` (n, 3, *shape*) clamped to [0, 1] and the :class:`PriorPass`.
+
+        See: *Hierarchical VAEs* (samples).
+        """
+        if n < 1 or min(shape) < 1 or not temperature >= 0:
+            raise DVAEError(f"sample needs n >= 1, positive sides and a temperature "
+                            f">= 0, got n={n}, shape={shape}, t={temperature}")
+        size = tuple(side // LATENT_STRIDE for side in self.padded_size(shape))
+        out = self.prior.top_down(n, size, sample_choice(temperature, integer,
+                                                         generator))
+        return crop(self.g_s(out.latents[-1]), shape).clamp(0.0, 1.0), out
+
+
+class PriorTraining(nn.Module):
+    """Stage 2 of the recipe: train ``model.prior`` on cached latents ``y``.
+
+    Holds ``model``'s own submodules under the same names (``g_a``, ``g_s``
+    frozen; ``prior``), so its ``state_dict`` *is* the model's and a
+    checkpoint of it loads into :class:`HierarchicalPriorVAE`. ``forward(y)``
+    takes latent crops (B, M, h, w) — the transforms never run — and returns
+    the rate only (``mse`` 0: the distortion does not depend on the prior).
+    ``validation_model`` is the full model (same weights) for
+    :func:`~dvae_tutorial.training.validate` on images.
+
+    See: *Hierarchical VAEs* (the value of hierarchy, measured).
+    """
+
+    def __init__(self, model: HierarchicalPriorVAE) -> None:
+        super().__init__()
+        self.g_a, self.g_s, self.prior = model.g_a, model.g_s, model.prior
+        self.g_a.requires_grad_(False)
+        self.g_s.requires_grad_(False)
+        self.config, self.family = model.config, model.family
+        object.__setattr__(self, "validation_model", model)  # not a submodule
+
+    @property
+    def stride(self) -> int:
+        return self.config.stride
+
+    def forward(self, y: Tensor) -> VAEOutput:
+        if y.dim() != 4 or y.shape[1] != self.config.latent_channels:
+            raise DVAEError(f"PriorTraining takes latent crops (B, "
+                            f"{self.config.latent_channels}, h, w), got "
+                            f"{tuple(y.shape)}")
+        bits, y_q = self.prior.bits(y)
+        pixels = y.shape[-2] * y.shape[-1] * LATENT_STRIDE**2
+        zero = y.new_zeros(y.shape[0])
+        return VAEOutput(y_q, bits, sum(bits.values()) / pixels, zero)
