@@ -157,8 +157,11 @@ def _prior_stage(model, args: argparse.Namespace, cfg, out: Path, train_root: Pa
     if not isinstance(model, HierarchicalPriorVAE):
         raise DVAEError("--freeze-transforms trains a hierarchical prior over frozen "
                         "transforms: use --preset hier3 or hier12")
+    step = 0
     if args.resume and out.is_file():
-        model.load_state_dict(load_checkpoint(out)["model"])
+        saved = load_checkpoint(out)
+        model.load_state_dict(saved["model"])
+        step = saved["step"]
     elif not args.init:
         raise DVAEError("--freeze-transforms needs --init CKPT (the single-layer "
                         "model whose transforms stay fixed)")
@@ -167,7 +170,9 @@ def _prior_stage(model, args: argparse.Namespace, cfg, out: Path, train_root: Pa
     crops = LatentCrops(cache, latent_crop(cfg.patch_size))
     extra = {"frozen": ["g_a", "g_s"], "latent_cache": cache_path.name,
              "latent_crop": crops.crop, "latents_skipped": crops.skipped}
-    return PriorTraining(model), crops, extra
+    stage = PriorTraining(model)
+    stage.step = step  # where the rate warm-up stands
+    return stage, crops, extra
 
 
 def _init_from(model, path: str) -> dict:
@@ -183,8 +188,12 @@ def _init_from(model, path: str) -> dict:
     only = (("g_a.", "g_s.") if isinstance(model, HierarchicalPriorVAE)
             and ckpt.get("config_type", "ModelConfig") == "ModelConfig"
             and ckpt.get("family", "single") == "single" else ())
+    state = ema_weights(ckpt)
+    if only and "y_prior.mean" in state:  # the hierarchy starts as the parent's prior
+        model.prior.start_from_factorized(state["y_prior.mean"],
+                                          state["y_prior.raw_scale"])
     try:
-        widened = transfer_weights(model, ema_weights(ckpt), only=only)
+        widened = transfer_weights(model, state, only=only)
     except DVAEError as err:
         raise DVAEError(f"--init {path} (config {ckpt['model_config']}): {err}") from None
     recipe = ckpt.get("recipe", {})
