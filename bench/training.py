@@ -1,7 +1,7 @@
 """Training speed per preset and precision: seconds per optimizer step.
 
 For each preset (``--preset``, repeatable; default ``factorized``,
-``factorized-wide`` and ``hier12``) and each of the modes ``fp32``,
+``factorized-wide``, ``hier3`` and ``hier12``) and each of the modes ``fp32``,
 ``fp32+channels_last``, ``bf16`` and ``bf16+channels_last`` (``--amp bf16``
 and ``--channels-last`` of ``dvae train``), times
 :func:`dvae_tutorial.training.train_step` on random patches of the preset's
@@ -10,7 +10,10 @@ own batch and patch size (or ``--batch`` / ``--patch``), best of
 (default 1: how the shipped models were trained, one run per core). Prints
 ONE JSON object on stdout: per preset and mode ``s_per_step`` and
 ``speedup`` over fp32, plus whether the CPU has AMX (bfloat16 matrix
-units, where bf16 pays).
+units, where bf16 pays). The hierarchical priors (``hier3``, ``hier12``) are
+timed twice: the prior stage (``dvae train --freeze-transforms``: the prior
+alone on random cached-latent crops, ``patch / 16`` a side) and end to end
+(images through ``g_a``, the prior and ``g_s``).
 
 Usage: ``python bench/training.py [--preset NAME] [--threads T] [--repeats R]``
 (no data needed: the patches are random, the timing does not depend on them).
@@ -28,15 +31,17 @@ from pathlib import Path
 import torch
 
 from dvae_tutorial.checkpoints import build_model
+from dvae_tutorial.configs import LATENT_STRIDE, HierarchicalPriorConfig
+from dvae_tutorial.hierarchical_prior import PriorTraining
 from dvae_tutorial.train_cli import TRAIN_PRESETS
 from dvae_tutorial.training import autocast_dtype, train_step
 
 #: Mode name → (amp, channels_last), as ``dvae train --amp … [--channels-last]``.
 MODES = {"fp32": ("off", False), "fp32+channels_last": ("off", True),
          "bf16": ("bf16", False), "bf16+channels_last": ("bf16", True)}
-#: Batch and patch of the runs the shipped models come from (preset defaults
-#: otherwise): hier12-845 was trained on 4 × 128².
-SHIPPED_SHAPES = {"hier12": (4, 128), "hier3": (4, 128)}
+#: Batch and patch of the runs a shipped model comes from (preset defaults
+#: otherwise): the from-scratch resnet12-845 was trained on 4 × 128².
+SHIPPED_SHAPES = {"resnet12": (4, 128), "resnet3": (4, 128)}
 
 
 def cpu_has_amx() -> bool:
@@ -45,16 +50,23 @@ def cpu_has_amx() -> bool:
 
 
 def seconds_per_step(preset: str, mode: str, batch: int, patch: int,
-                     repeats: int) -> float:
+                     repeats: int, prior_stage: bool = False) -> float:
     amp, channels_last = MODES[mode]
     torch.manual_seed(0)
     model = build_model(TRAIN_PRESETS[preset].model).train()
     cfg = dataclasses.replace(TRAIN_PRESETS[preset].train, batch_size=batch,
                               patch_size=patch, warmup_steps=1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if prior_stage:  # the prior alone, on latent crops (std 3, like real y)
+        model = PriorTraining(model)
+        side = patch // LATENT_STRIDE
+        x = 3 * torch.randn(batch, model.config.latent_channels, side, side)
+    else:
+        x = torch.rand(batch, 3, patch, patch)
     model = model.to(memory_format=fmt)
-    x = torch.rand(batch, 3, patch, patch).contiguous(memory_format=fmt)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    x = x.contiguous(memory_format=fmt)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=1e-5)
     dtype = autocast_dtype(torch.device("cpu"), amp)
     times = []
     for step in range(2 + repeats):
@@ -75,16 +87,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []
-    for preset in args.preset or ["factorized", "factorized-wide", "hier12"]:
+    for preset in args.preset or ["factorized", "factorized-wide", "hier3", "hier12"]:
         default = SHIPPED_SHAPES.get(preset, (TRAIN_PRESETS[preset].train.batch_size,
                                               TRAIN_PRESETS[preset].train.patch_size))
         batch, patch = args.batch or default[0], args.patch or default[1]
-        times = {m: seconds_per_step(preset, m, batch, patch, args.repeats)
-                 for m in MODES}
-        results.append({"preset": preset, "batch": batch, "patch": patch,
-                        "modes": {m: {"s_per_step": round(t, 4),
-                                      "speedup": round(times["fp32"] / t, 2)}
-                                  for m, t in times.items()}})
+        prior = isinstance(TRAIN_PRESETS[preset].model, HierarchicalPriorConfig)
+        for stage in (["prior (cached latents)", "end to end"] if prior else [None]):
+            times = {m: seconds_per_step(preset, m, batch, patch, args.repeats,
+                                         prior_stage=stage == "prior (cached latents)")
+                     for m in MODES}
+            results.append({"preset": preset, "batch": batch, "patch": patch,
+                            **({"stage": stage} if stage else {}),
+                            "modes": {m: {"s_per_step": round(t, 4),
+                                          "speedup": round(times["fp32"] / t, 2)}
+                                      for m, t in times.items()}})
     print(json.dumps({"bench": "training", "threads": args.threads,
                       "cpu": platform.processor() or platform.machine(),
                       "amx_bf16": cpu_has_amx(), "torch": torch.__version__,

@@ -11,10 +11,11 @@ pixels.
 
 The shipped models live in ``dvae_tutorial/weights/<name>.pt`` (fp16 EMA
 weights with their training recipe, loaded with ``map_location="cpu"``;
-never downloaded at run time). ``weights/narrow/`` holds one more, the
-narrow λ = 845 model of an earlier edition, which chapter 5 compares with
-its wide successor; it is not a shipped model (not listed, not usable by
-name).
+never downloaded at run time). Two sub-folders hold models the chapters
+compare with, which are not shipped models (not listed, not usable by
+name): ``weights/narrow/`` the narrow λ = 845 model of an earlier edition
+(chapter 5), ``weights/resnet/`` the from-scratch ResNet VAE (QRes-VAE's
+architecture, 9,000 CPU steps; chapter 6).
 """
 
 from __future__ import annotations

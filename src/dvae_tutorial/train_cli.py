@@ -29,12 +29,22 @@ precision: with --amp auto (the default) a CUDA GPU that supports bfloat16
   runs the forward under torch.autocast(bfloat16); the rate stays float32.
   Other GPUs and the CPU train in float32. --amp bf16 autocasts on the CPU
   too: with --channels-last, 2.7x faster for the factorized models on a CPU
-  with AMX (Intel Sapphire Rapids and later); the hierarchical model gains
-  only from --channels-last. The recipe records precision and memory format.
+  with AMX (Intel Sapphire Rapids and later); the from-scratch ResNet VAE
+  (resnet3, resnet12) gains only from --channels-last. The recipe records
+  precision and memory format.
+
+hierarchical models over a single-layer one (hier3, hier12), in two stages:
+  dvae train --preset hier12 --lmbda 845 --init single-845 \\
+      --freeze-transforms --out runs/hier12-845.pt
+  trains the prior alone on cached latents (g_a, g_s of single-845 frozen;
+  --init takes a checkpoint file or a shipped model's name); then
+  dvae train --preset hier12 --lmbda 845 --init runs/hier12-845.pt \\
+      --amp bf16 --channels-last --batch 8 --out runs/hier12-845-e2e.pt
+  fine-tunes everything end to end on 256x256 patches.
 
 several GPUs: launch the same command with torchrun, one process per GPU:
-  torchrun --nproc_per_node 4 -m dvae_tutorial.cli train --preset hier12 \\
-      --out runs/hier12.pt
+  torchrun --nproc_per_node 4 -m dvae_tutorial.cli train --preset resnet12 \\
+      --out runs/resnet12.pt
   --batch stays the global batch (each of the N processes takes batch/N
   patches; it must be divisible by N). Rank 0 alone prints, validates and
   writes --out and --export; --resume restarts every process from --out.
@@ -140,7 +150,7 @@ def _model_config(config, args: argparse.Namespace, out: Path):
     source = out if args.resume and out.is_file() else args.init
     if source is None:
         return config
-    own = model_config(load_checkpoint(source))
+    own = model_config(load_checkpoint(_checkpoint_path(str(source))))
     names = {f.name for f in fields(own)} & {"channels", "latent_channels", "gdn"}
     return replace(config, **{n: getattr(own, n) for n in names})
 
@@ -175,6 +185,15 @@ def _prior_stage(model, args: argparse.Namespace, cfg, out: Path, train_root: Pa
     return stage, crops, extra
 
 
+def _checkpoint_path(name_or_path: str) -> Path:
+    """``--init``'s file: a path, or the name of a shipped model."""
+    from .codec import WEIGHTS_DIR
+
+    path = Path(name_or_path)
+    shipped = WEIGHTS_DIR / f"{name_or_path}.pt"
+    return shipped if not path.exists() and shipped.is_file() else path
+
+
 def _init_from(model, path: str) -> dict:
     """Load the EMA weights of checkpoint ``path`` into ``model`` (fine-tuning
     from another λ, or widening: a preset with more channels gets the parent's
@@ -183,6 +202,7 @@ def _init_from(model, path: str) -> dict:
     from .checkpoints import ema_weights, load_checkpoint, transfer_weights
     from .hierarchical_prior import HierarchicalPriorVAE
 
+    path = _checkpoint_path(path)
     ckpt = load_checkpoint(path)
     # a hierarchical prior over a single-layer model: its transforms only
     only = (("g_a.", "g_s.") if isinstance(model, HierarchicalPriorVAE)
@@ -223,8 +243,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                         help="patch side in pixels, a multiple of the model's stride")
     parser.add_argument("--lr", type=float, help="Adam learning rate after warm-up")
     parser.add_argument("--init", metavar="CKPT",
-                        help="start from this checkpoint's (EMA) weights, e.g. a "
-                        "model trained at another λ; recorded as the recipe's parent")
+                        help="start from this checkpoint's (EMA) weights (a file, or "
+                        "a shipped model's name), e.g. a model trained at another λ;"
+                        " recorded as the recipe's parent")
     parser.add_argument("--seed", type=int, help="seed of weights, patches and noise")
     parser.add_argument("--train-dir", help="folder of training photos")
     parser.add_argument("--val-dir", help="folder of validation photos")

@@ -29,8 +29,8 @@ model (depthwise convolutions) gains nothing from bf16 (0.32 → 0.37 s) and
 
 Several GPUs: launch the same command with ``torchrun``, one process per GPU::
 
-    torchrun --nproc_per_node 4 -m dvae_tutorial.cli train --preset hier12 \\
-        --out runs/hier12.pt
+    torchrun --nproc_per_node 4 -m dvae_tutorial.cli train --preset resnet12 \\
+        --out runs/resnet12.pt
 
 Each process takes ``batch_size / world_size`` patches of every global batch
 (``batch_size`` stays the global batch) and DDP averages the gradients; see
