@@ -597,7 +597,9 @@ def plot_rd_kodak(curves, *, annotate=None, ax=None, title=None,
     See: *A discretized VAE codec* (Kodak against JPEG).
     """
     ax = new_axes(ax, figsize=(6.4, 4.4))
-    palette = [COLORS["model"], COLORS["alt"], COLORS["accent"], COLORS["muted"]]
+    # seven distinct colours (Okabe–Ito) before any repeats
+    palette = [COLORS["model"], COLORS["alt"], COLORS["accent"], "#56B4E9",
+               "#E69F00", COLORS["muted"], COLORS["bound"]]
     k = 0
     for label, (rate, psnr) in curves.items():
         if "JPEG" in label:
