@@ -91,3 +91,12 @@ def test_psnr_at_rate_is_linear_between_points():
     assert psnr_at_rate(rates, psnrs, 0.75) == pytest.approx(33.0)
     assert psnr_at_rate(rates, psnrs, 0.2) is None
     assert psnr_at_rate(rates, psnrs, 1.5) is None
+
+
+def test_model_series_drops_the_lambda_suffix():
+    from dvae_tutorial.evaluation import model_series
+
+    assert model_series("hier12-845") == "hier12"
+    assert model_series("single-2.5e3") == "single"
+    assert model_series("single-845-narrow") == "single-845-narrow"
+    assert model_series("tiny") == "tiny" and model_series("-5") == "-5"

@@ -169,6 +169,17 @@ def evaluate_model(model, images: Sequence, names: Sequence[str] | None = None,
             "images": rows}
 
 
+def model_series(name: str) -> str:
+    """The series a model belongs to: its name without a trailing ``-<λ>``
+    (``"hier12-845"`` → ``"hier12"``); one RD curve and BD-rate per series."""
+    stem, _, last = name.rpartition("-")
+    try:
+        float(last)
+    except ValueError:
+        return name
+    return stem or name
+
+
 #: Published Kodak RD numbers shipped with the package (numbers only, cited).
 PUBLISHED_FILE = "reference/kodak_published.json"
 
