@@ -332,3 +332,25 @@ def test_progressive_decoding_refuses_single_layer_files_and_bad_k(models, tmp_p
     assert main(["decompress", str(tmp_path / "tiny-q" / "p.dvae"), "--out-dir",
                  str(tmp_path / "d"), "--layers", str(HIER.num_layers + 1)]) == 2
     assert "k must be between 0 and 4" in capsys.readouterr().err
+
+
+def test_hierarchical_files_decode_with_another_thread_count(kodak):
+    """A shipped hierarchical model's files, written with 1 thread and read with
+    2 (and the reverse), decode: the float64 prior snaps every scale to the same
+    table entry. (The float32 synthesis may still move a pixel by 1.)"""
+    shipped = codec.shipped_models("hierarchical")
+    if not shipped:
+        pytest.skip("no shipped hierarchical model")
+    name = max(shipped, key=lambda i: codec.load_shipped(i.name).config.num_layers).name
+    threads = torch.get_num_threads()
+    try:
+        for write, read in ((1, 2), (2, 1)):
+            for image in kodak[:2]:
+                torch.set_num_threads(write)
+                data = codec.compress(image, name).data
+                here = codec.decompress(data).astype(int)
+                torch.set_num_threads(read)
+                there = codec.decompress(data).astype(int)
+                assert np.abs(here - there).max() <= 1
+    finally:
+        torch.set_num_threads(threads)

@@ -232,6 +232,19 @@ def test_dvae_train_freeze_transforms_from_a_single_layer_parent(tmp_path, capsy
     model, single = load_model(tmp_path / "h16.pt"), load_checkpoint(parent)
     assert torch.equal(model.state_dict()["g_a.0.weight"],
                        single["ema"]["g_a.0.weight"].half().float())
+    raw = torch.load(tmp_path / "h16.pt", weights_only=True)  # shares the transforms
+    assert raw["shared"]["file"] == "single.pt"
+    assert not any(k.startswith(("g_a.", "g_s.")) for k in raw["ema"])
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (tmp_path / "h16.pt").rename(moved / "h16.pt")
+    with pytest.raises(DVAEError, match="not next to it nor shipped"):
+        load_model(moved / "h16.pt")
+    changed = load_checkpoint(parent)
+    changed["ema"]["g_s.0.bias"] = changed["ema"]["g_s.0.bias"] + 1
+    torch.save(changed, moved / "single.pt")
+    with pytest.raises(DVAEError, match="changed since"):
+        load_model(moved / "h16.pt")
     assert main([*args[:4], "4", *args[5:], "--resume"]) == 0  # resumes
     assert load_checkpoint(out)["step"] == 4
     assert main(["train", "--preset", "tiny", "--freeze-transforms", "--out",

@@ -11,6 +11,7 @@ files keep only the EMA weights in float16.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -28,7 +29,7 @@ from .single_layer_vae import SingleLayerVAE
 CHECKPOINT_VERSION = 1
 #: Keys a shipped (fp16, EMA-only) checkpoint keeps; it cannot be resumed.
 SHIPPED_KEYS = ("version", "family", "config_type", "model_config", "train_config",
-                "step", "history", "recipe")
+                "step", "history", "recipe", "shared")
 
 
 def make_recipe(cfg: TrainConfig, train_data, val_data, val_root, device) -> dict:
@@ -60,8 +61,13 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict,
 
     With ``fp16=True`` only :data:`SHIPPED_KEYS` and the EMA weights in
     float16 are kept: a small file to ship, which :func:`load_model` reads
-    but :func:`fit` cannot resume. See: *A discretized VAE codec* (shipped
-    checkpoints).
+    but :func:`fit` cannot resume. A model trained with parts frozen at its
+    parent's weights (the recipe's ``frozen``: a hierarchical prior over a
+    shipped single-layer model) stores only its own weights and a
+    ``shared`` record (the parent's file, the parts, their SHA-256):
+    :func:`load_checkpoint` fills them in from the parent, found next to the
+    file or among the package's shipped weights, and refuses a parent whose
+    weights differ. See: *A discretized VAE codec* (shipped checkpoints).
     """
     path = Path(path)
     if fp16:
@@ -69,6 +75,14 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict,
                for k, v in checkpoint["ema"].items()}
         checkpoint = {**{k: checkpoint[k] for k in SHIPPED_KEYS if k in checkpoint},
                       "ema": ema}
+        recipe = checkpoint.get("recipe") or {}
+        if recipe.get("frozen") and recipe.get("parent"):  # transforms = the parent's
+            prefixes = tuple(f"{name}." for name in recipe["frozen"])
+            shared = {k: v for k, v in ema.items() if k.startswith(prefixes)}
+            checkpoint["shared"] = {"file": recipe["parent"]["file"],
+                                    "prefixes": list(prefixes),
+                                    "sha256": _digest(shared)}
+            checkpoint["ema"] = {k: v for k, v in ema.items() if k not in shared}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, tmp)
@@ -88,7 +102,41 @@ def load_checkpoint(path: str | os.PathLike,
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise DVAEError(f"{path} is not a dvae-tutorial checkpoint of version "
                         f"{CHECKPOINT_VERSION}")
+    if "shared" in ckpt:
+        ckpt["ema"] = {**_shared_weights(Path(path), ckpt["shared"], map_location),
+                       **ckpt["ema"]}
     return ckpt
+
+
+#: Where a shipped file's parent is looked for after the file's own folder.
+PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+
+
+def _digest(tensors: dict) -> str:
+    """SHA-256 of named tensors' values (``+ 0.0``: −0 and +0 hash alike, as an
+    EMA step that leaves a frozen weight unchanged may flip a zero's sign)."""
+    digest = hashlib.sha256()
+    for key, value in sorted(tensors.items()):
+        digest.update(key.encode())
+        digest.update((value.detach().cpu().double() + 0.0).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _shared_weights(path: Path, shared: dict, map_location) -> dict:
+    """The parent's tensors a shipped file shares (see :func:`save_checkpoint`)."""
+    name = Path(shared["file"]).name
+    for folder in (path.parent, PACKAGE_WEIGHTS):
+        if (folder / name).is_file() and (folder / name).resolve() != path.resolve():
+            parent = load_checkpoint(folder / name, map_location)["ema"]
+            tensors = {k: v.half() if v.is_floating_point() else v
+                       for k, v in parent.items()
+                       if k.startswith(tuple(shared["prefixes"]))}
+            if _digest(tensors) == shared["sha256"]:
+                return tensors
+            raise DVAEError(f"{path} shares weights with {folder / name}, whose "
+                            "weights have changed since")
+    raise DVAEError(f"{path} shares its {', '.join(shared['prefixes'])} weights with "
+                    f"{name}, which is not next to it nor shipped")
 
 
 def build_model(config) -> torch.nn.Module:

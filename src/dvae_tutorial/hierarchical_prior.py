@@ -375,11 +375,14 @@ class HierarchicalPriorVAE(nn.Module):
 
 
 #: Rate warm-up of :class:`PriorTraining`: the ``z`` layers' bits enter the
-#: loss with weight 0 for the first 100 steps, rising linearly to 1 at step
-#: 400 (KL annealing, Bowman et al. 2016; Sønderby et al. 2016). Without it
+#: loss with weight 0 for the first 500 steps, rising linearly to 1 at step
+#: 1000 (KL annealing, Bowman et al. 2016; Sønderby et al. 2016). Without it
 #: the ``z`` layers are cheaper switched off than learned, and they collapse
 #: onto their priors before ``y``'s prior has learned to read them.
-RATE_WARMUP = (100, 400)
+#: Measured (hier3 over ``single-300``, 16 crops of 16×16, step 1200): with
+#: (100, 400) every ``z`` collapsed (0.543 bpp, the factorized prior's); with
+#: (500, 1000), 0.486 bpp (−11 %). At λ = 845, (100, 400) was enough.
+RATE_WARMUP = (500, 1000)
 
 
 class PriorTraining(nn.Module):

@@ -547,7 +547,8 @@ def plot_training_history(history, *, lmbda, title=None):
 
     Args:
         history: ``FitResult.history`` (``"train"`` rows every ``log_every``
-            steps, ``"val"`` rows of the EMA weights).
+            steps, ``"val"`` rows of the EMA weights). Training rows with
+            ``mse`` 0 (the prior trained on cached latents) draw no PSNR.
         lmbda: the run's λ (for the axis label of the loss).
 
     Returns:
@@ -567,8 +568,9 @@ def plot_training_history(history, *, lmbda, title=None):
     axes[0].set_yscale("log")
     axes[1].plot(steps, [r["bpp"] for r in train], color=COLORS["model"],
                  label="train")
-    axes[2].plot(steps, [10 * np.log10(1 / r["mse"]) for r in train],
-                 color=COLORS["model"], label="train")
+    if all(r["mse"] > 0 for r in train):  # a prior-only stage has no distortion
+        axes[2].plot(steps, [10 * np.log10(1 / r["mse"]) for r in train],
+                     color=COLORS["model"], label="train")
     if val:
         vs = [r["step"] for r in val]
         axes[1].plot(vs, [r["bpp"] for r in val], "o-", color=COLORS["jpeg"],

@@ -161,7 +161,7 @@ def _prior_stage(model, args: argparse.Namespace, cfg, out: Path, train_root: Pa
     or on ``--resume`` the checkpoint's."""
     from .checkpoints import load_checkpoint
     from .codec import fingerprint
-    from .hierarchical_prior import HierarchicalPriorVAE, PriorTraining
+    from .hierarchical_prior import RATE_WARMUP, HierarchicalPriorVAE, PriorTraining
     from .latent_cache import LatentCrops, cache_latents, latent_crop
 
     if not isinstance(model, HierarchicalPriorVAE):
@@ -179,7 +179,8 @@ def _prior_stage(model, args: argparse.Namespace, cfg, out: Path, train_root: Pa
     cache = cache_latents(model.g_a, train_root, cache_path, progress=not args.quiet)
     crops = LatentCrops(cache, latent_crop(cfg.patch_size))
     extra = {"frozen": ["g_a", "g_s"], "latent_cache": cache_path.name,
-             "latent_crop": crops.crop, "latents_skipped": crops.skipped}
+             "latent_crop": crops.crop, "latents_skipped": crops.skipped,
+             "rate_warmup": list(RATE_WARMUP)}
     stage = PriorTraining(model)
     stage.step = step  # where the rate warm-up stands
     return stage, crops, extra
