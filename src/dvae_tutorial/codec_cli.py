@@ -142,10 +142,12 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="Kodak RD points of shipped models vs JPEG",
                        description="Compress and decompress the Kodak images with "
                        "shipped models through real files; mean bpp (file bytes), "
-                       "−Σlog₂P, 8-bit PSNR; the Pillow JPEG sweep; BD-rate.")
+                       "−Σlog₂P, 8-bit PSNR; the Pillow JPEG sweep; BD-rate per series.")
     p.add_argument("--model", action="append", help="model name (repeatable; "
-                   "default: every shipped model of --family)")
-    p.add_argument("--family", choices=sorted(FAMILIES), default="single")
+                   "default: every shipped model, or of --family)")
+    p.add_argument("--family", choices=sorted(FAMILIES),
+                   help="only this family's shipped models (default: all; BD-rates "
+                   "are per series, e.g. single, hier3, hier12)")
     p.add_argument("--limit", type=int, help="only the first N Kodak images")
     p.add_argument("--json", metavar="PATH", help="write the report here, not stdout")
     p.set_defaults(func=_cli_evaluate)
