@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from .configs import LATENT_STRIDE, STAGE_FACTOR, HierarchicalPriorConfig, ModelConfig
 from .distributions import discretized_gaussian_bits
-from .entropy_coding import decode_latents, encode_latents
+from .entropy_coding import encode_latents
 from .errors import CodingError, DVAEError
 from .hierarchical_vae import (
     ChooseLatent,
@@ -56,6 +56,7 @@ from .hierarchical_vae import (
     LatentBlock,
     TopDownPass,
     _head,
+    prefix_choice,
     sample_choice,
 )
 from .quantization import add_uniform_noise, quantize
@@ -333,18 +334,7 @@ class HierarchicalPriorVAE(nn.Module):
 
         See: *Hierarchical VAEs* (progressive decoding).
         """
-        layers = self.config.num_layers
-        if not 0 <= k <= layers:
-            raise DVAEError(f"k must be between 0 and {layers} layers, got {k}")
-        if not k <= len(strings) <= layers:
-            raise CodingError(f"decoding {k} layers needs {k} to {layers} streams, "
-                              f"got {len(strings)}")
-
-        def choose(layer, mean, scale, post):
-            if layer >= k:
-                return mean
-            return decode_latents(strings[layer], mean, scale, tuple(mean.shape))
-
+        choose = prefix_choice(strings, k, self.config.num_layers)
         size = tuple(side // LATENT_STRIDE for side in self.padded_size(shape))
         y_hat = self._coding_prior().top_down(1, size, choose).latents[-1]
         return crop(self.g_s(y_hat.float()), shape).clamp(0.0, 1.0)

@@ -319,18 +319,7 @@ class HierarchicalVAE(nn.Module):
 
         See: *Hierarchical VAEs* (progressive decoding).
         """
-        layers = self.config.num_layers
-        if not 0 <= k <= layers:
-            raise DVAEError(f"k must be between 0 and {layers} layers, got {k}")
-        if not k <= len(strings) <= layers:
-            raise CodingError(f"decoding {k} layers needs {k} to {layers} streams, "
-                              f"got {len(strings)}")
-
-        def choose(layer, mean, scale, post):
-            if layer >= k:
-                return mean
-            return decode_latents(strings[layer], mean, scale, tuple(mean.shape))
-
+        choose = prefix_choice(strings, k, self.config.num_layers)
         x_hat = self._top_down(1, self.padded_size(shape), choose).x_hat
         return crop(x_hat, shape).clamp(0.0, 1.0)
 
@@ -363,6 +352,27 @@ class HierarchicalVAE(nn.Module):
         out = self._top_down(n, self.padded_size(shape),
                              sample_choice(temperature, integer, generator))
         return out._replace(x_hat=crop(out.x_hat, shape).clamp(0.0, 1.0))
+
+
+def prefix_choice(strings: list[bytes], k: int, layers: int) -> ChooseLatent:
+    """The :data:`ChooseLatent` of progressive decoding (both hierarchical models):
+    layers ``< k`` decoded from ``strings``, the others at their prior means.
+
+    Raises DVAEError for ``k`` outside ``0 … layers``, CodingError for fewer
+    than ``k`` or more than ``layers`` streams.
+    """
+    if not 0 <= k <= layers:
+        raise DVAEError(f"k must be between 0 and {layers} layers, got {k}")
+    if not k <= len(strings) <= layers:
+        raise CodingError(f"decoding {k} layers needs {k} to {layers} streams, "
+                          f"got {len(strings)}")
+
+    def choose(layer, mean, scale, post):
+        if layer >= k:
+            return mean
+        return decode_latents(strings[layer], mean, scale, tuple(mean.shape))
+
+    return choose
 
 
 def sample_choice(temperature: float, integer: bool,
