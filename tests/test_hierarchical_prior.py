@@ -69,8 +69,10 @@ def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:
 def test_presets_count_layers_and_shapes_follow_the_strides():
     assert HIER3.model.num_layers == 3 and HIER12.model.num_layers == 12
     assert HIER12.model.stride == 64 and HIER12.train.patch_size >= 4 * 64
-    shapes = HierarchicalPriorVAE(HIER3.model).stream_shapes((512, 768))
+    model = HierarchicalPriorVAE(HIER3.model)
+    shapes = model.layer_shapes((512, 768))
     assert shapes == [(1, 16, 8, 12), (1, 16, 16, 24), (1, 192, 32, 48)]
+    assert model.stream_shapes((512, 768)) == shapes[-1:]  # one stream, named by y
     as_lists = {k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(HIER12.model).items()}
     assert HierarchicalPriorConfig(**as_lists) == HIER12.model
@@ -98,7 +100,7 @@ def test_eval_bits_equal_the_scipy_oracle_on_the_latents_the_prior_used():
 def test_compress_decompress_equals_the_eval_forward_and_its_bits():
     model, x = _model(), _image(70, 100, seed=1)
     comp = model.compress(x)
-    assert len(comp.strings) == TINY_P.num_layers == 4
+    assert len(comp.strings) == 1 and len(comp.layer_bits) == TINY_P.num_layers == 4
     x_hat = model.decompress(comp.strings, comp.shape)
     with torch.no_grad():
         out = model(x)
@@ -109,10 +111,25 @@ def test_compress_decompress_equals_the_eval_forward_and_its_bits():
                                model.g_a(F.pad(x, (0, 28, 0, 26), mode="replicate"))
                                .double(), rtol=0, atol=0)
     assert comp.bits == pytest.approx(float(sum(out.bits.values())), rel=1e-12)
-    stream_bits = 8 * sum(len(s) for s in comp.strings)
-    assert comp.bits > 200 and comp.bits <= stream_bits <= comp.bits * 1.01 + 4 * 8 * 22
-    with pytest.raises(CodingError, match="reads 4 streams"):
-        model.decompress(comp.strings[:3], comp.shape)
+    # one 18-byte header and the range coder's last two words for all 4 layers
+    stream_bits = 8 * len(comp.strings[0])
+    assert comp.bits > 200 and comp.bits <= stream_bits <= comp.bits * 1.01 + 8 * 26
+    assert sum(comp.layer_bits) <= stream_bits - 8 * 18
+    with pytest.raises(CodingError, match="reads one stream"):
+        model.decompress(comp.strings * 2, comp.shape)
+
+
+def test_a_damaged_stream_is_refused_not_decoded_to_garbage():
+    model, x = _model(seed=4), _image(64, 96, seed=4)
+    data = model.compress(x).strings[0]
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    for bad, why in ((data[:-4], "truncated"), (data + b"\0" * 4, "truncated"),
+                     (bytes(flipped), "checksum|corrupt|left after")):
+        with pytest.raises(CodingError, match=why):
+            model.decompress([bad], (64, 96))
+    with pytest.raises(CodingError, match="symbols"):  # another image size
+        model.decompress([data], (128, 96))
 
 
 def test_decoding_does_not_depend_on_the_thread_count():
@@ -134,12 +151,12 @@ def test_decoding_does_not_depend_on_the_thread_count():
         torch.set_num_threads(threads)
 
 
-def test_progressive_decoding_reads_a_prefix_and_ends_at_the_full_decode():
+def test_progressive_decoding_reads_the_first_layers_and_ends_at_the_full_decode():
     model, x = _model(seed=3), _image(64, 64, seed=3)
     comp = model.compress(x)
     full = model.decompress(comp.strings, comp.shape)
     layers = TINY_P.num_layers
-    outs = [model.decompress_progressive(comp.strings[:k], comp.shape, k)
+    outs = [model.decompress_progressive(comp.strings, comp.shape, k)
             for k in range(layers + 1)]
     torch.testing.assert_close(outs[-1], full, rtol=0, atol=0)
     assert not torch.equal(outs[0], full)  # the prior-mean image is not the decode

@@ -262,10 +262,8 @@ class _FramedCoder:
         sym = _integers(symbols)
         centre, si, oi = _parameters(means, scales, sym.shape)
         sym = sym.ravel()
-        rel, bound = sym - centre, TAIL_BOUNDS[si]
-        coded = np.clip(rel, -bound - 1, bound + 1)
-        escaped = np.abs(rel) > bound
-        escapes = rans.gamma_encode((np.abs(rel[escaped]) - bound[escaped]).tolist())
+        coded, excess = _clip_escapes(sym - centre, si)
+        escapes = rans.gamma_encode(excess)
         payload = self._encode_core(coded, si, oi)
         crc = _checksum(payload + escapes, sym)
         header = _HEADER.pack(
@@ -293,13 +291,9 @@ class _FramedCoder:
         centre, si, oi = _parameters(means, scales, shape)
         payload, escapes, crc = _split_stream(data, self.coder_id, centre.size)
         coded = self._decode_core(payload, si, oi)
-        bound = TAIL_BOUNDS[si]
-        escaped = np.abs(coded) > bound
-        excess = rans.gamma_decode(escapes, int(escaped.sum()), _ESCAPE_MAX_BITS)
-        rel = coded.astype(np.int64)
-        excess = np.array(excess, dtype=np.int64)
-        rel[escaped] = np.sign(rel[escaped]) * (bound[escaped] + excess)
-        sym = rel + centre
+        reader = rans.GammaReader(escapes)
+        sym = _restore_escapes(coded, si, reader) + centre
+        reader.finish()
         if _checksum(payload + escapes, sym) != crc:
             raise CodingError(
                 "decoded symbols fail the checksum: the stream is corrupt or was "
@@ -383,21 +377,20 @@ class FastCoder(_FramedCoder):
             groups.append((slice(start, stop), model, SCALE_TABLE[level]))
         return order, groups
 
-    def _encode_core(self, coded, si, oi):
-        order, groups = self._groups(si)
+    @classmethod
+    def _encode_into(cls, encoder, coded, si, oi) -> None:
+        """Append symbols ``coded`` (relative to their centres) to ``encoder``."""
+        order, groups = cls._groups(si)
         coded, means = coded[order].astype(np.int32), oi[order] / MEAN_STEPS
-        encoder = constriction.stream.queue.RangeEncoder()
         for part, model, std in groups:
             stds = np.full(part.stop - part.start, std)
             encoder.encode(coded[part], model, means[part], stds)
-        return encoder.get_compressed().astype("<u4").tobytes()
 
-    def _decode_core(self, payload, si, oi):
-        if len(payload) % 4:
-            raise CodingError("range-coded payload is not a whole number of words")
-        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-        decoder = constriction.stream.queue.RangeDecoder(words)
-        order, groups = self._groups(si)
+    @classmethod
+    def _decode_from(cls, decoder, si, oi) -> np.ndarray:
+        """The next ``si.size`` symbols of ``decoder``, inverse of
+        :meth:`_encode_into`."""
+        order, groups = cls._groups(si)
         means, decoded = oi[order] / MEAN_STEPS, np.empty(si.size, dtype=np.int64)
         try:
             for part, model, std in groups:
@@ -405,14 +398,120 @@ class FastCoder(_FramedCoder):
                 decoded[part] = decoder.decode(model, means[part], stds)
         except Exception as err:  # constriction reports invalid data as it likes
             raise CodingError(f"range-coded payload is corrupt ({err})") from None
-        if not decoder.maybe_exhausted():
-            raise CodingError(
-                "range-coded payload has data left after the last symbol: the "
-                "stream is corrupt or was decoded with other means/scales"
-            )
         coded = np.empty_like(decoded)
         coded[order] = decoded
         return coded
+
+    def _encode_core(self, coded, si, oi):
+        encoder = constriction.stream.queue.RangeEncoder()
+        self._encode_into(encoder, coded, si, oi)
+        return encoder.get_compressed().astype("<u4").tobytes()
+
+    def _decode_core(self, payload, si, oi):
+        decoder = _range_decoder(payload)
+        coded = self._decode_from(decoder, si, oi)
+        _check_exhausted(decoder)
+        return coded
+
+
+class LayeredEncoder:
+    """Every latent layer of one image in a single range-coded stream.
+
+    A hierarchical model codes ``L`` layers, each under a prior that depends on
+    the layers before it. One :class:`FastCoder` stream per layer would pay
+    its 18-byte header, the file's per-stream fields and the coder's final
+    words ``L`` times — at 0.13 bpp on a Kodak image, 12 layers made the file
+    6 % larger than ``−Σ log₂ P``. Here the layers share one range coder (a
+    queue: the decoder reads them in the order they were written), one escape
+    section and one header, whose CRC-32 covers every symbol. Call
+    :meth:`encode` once per layer, in decoding order, then :meth:`finish`;
+    :class:`LayeredDecoder` reads them back. ``layer_bits`` holds what each
+    layer added to the payload (whole 32-bit words, as the coder counts).
+
+    See: *Hierarchical VAEs* (bits per layer from real streams).
+    """
+
+    coder_id = 3
+
+    def __init__(self) -> None:
+        self._encoder = constriction.stream.queue.RangeEncoder()
+        self._symbols: list[np.ndarray] = []
+        self._excess: list[int] = []
+        self.layer_bits: list[int] = []
+
+    def encode(self, y: Tensor, mean: Tensor | float, scale: Tensor | float) -> None:
+        """Append one layer: symbols ``round(y - mean)`` under N(0, scale²), as
+        :func:`encode_latents`."""
+        mean, scale = torch.as_tensor(mean).detach(), torch.as_tensor(scale).detach()
+        sym = _integers(to_symbols(y.detach(), mean).cpu().numpy())
+        scales = torch.broadcast_to(scale.cpu().double(), sym.shape).numpy()
+        centre, si, oi = _parameters(0.0, scales, sym.shape)
+        sym = sym.ravel()
+        coded, excess = _clip_escapes(sym - centre, si)
+        before = self._encoder.num_bits()
+        FastCoder._encode_into(self._encoder, coded, si, oi)
+        self.layer_bits.append(self._encoder.num_bits() - before)
+        self._symbols.append(sym)
+        self._excess += excess
+
+    def finish(self) -> bytes:
+        """The stream: header, payload, escape section (as :class:`FastCoder`'s)."""
+        payload = self._encoder.get_compressed().astype("<u4").tobytes()
+        escapes = rans.gamma_encode(self._excess)
+        sym = np.concatenate(self._symbols) if self._symbols else np.zeros(0, np.int64)
+        crc = _checksum(payload + escapes, sym)
+        return _HEADER.pack(_MAGIC, self.coder_id, sym.size, len(payload),
+                            len(escapes), crc) + payload + escapes
+
+
+class LayeredDecoder:
+    """Reads a :class:`LayeredEncoder` stream back, one layer at a time.
+
+    ``count`` is the total number of symbols the decoder expects (the sum of
+    the layers' sizes; the header must say the same). :meth:`decode` may stop
+    after any layer (progressive decoding); :meth:`finish`, after the last,
+    checks that the payload and escapes are used up and the CRC-32 matches.
+    Every problem raises :class:`~dvae_tutorial.errors.CodingError`.
+    """
+
+    def __init__(self, data: bytes, count: int) -> None:
+        payload, escapes, self._crc = _split_stream(data, LayeredEncoder.coder_id,
+                                                    count)
+        self._body = payload + escapes
+        self._decoder = _range_decoder(payload)
+        self._escapes = rans.GammaReader(escapes)
+        self._symbols: list[np.ndarray] = []
+        self._left = count
+
+    def decode(self, mean: Tensor | float, scale: Tensor | float,
+               shape: tuple[int, ...]) -> Tensor:
+        """The next layer's ``y_hat = symbols + mean`` (as :func:`decode_latents`)."""
+        mean, scale = torch.as_tensor(mean).detach(), torch.as_tensor(scale).detach()
+        scales = torch.broadcast_to(scale.cpu().double(), tuple(shape)).numpy()
+        centre, si, oi = _parameters(0.0, scales, tuple(shape))
+        if si.size > self._left:
+            raise CodingError(f"the stream holds {self._left} more symbols, the next "
+                              f"layer needs {si.size}")
+        self._left -= si.size
+        coded = FastCoder._decode_from(self._decoder, si, oi)
+        sym = _restore_escapes(coded, si, self._escapes) + centre
+        self._symbols.append(sym)
+        return from_symbols(
+            torch.from_numpy(sym.reshape(shape).astype(np.int32)).to(mean.device), mean
+        )
+
+    def finish(self) -> None:
+        """After the last layer: CodingError unless every symbol, payload word and
+        escape was used and the checksum matches."""
+        if self._left:
+            raise CodingError(f"{self._left} symbols of the stream were not decoded")
+        _check_exhausted(self._decoder)
+        self._escapes.finish()
+        if _checksum(self._body, np.concatenate(self._symbols)) != self._crc:
+            raise CodingError(
+                "decoded symbols fail the checksum: the stream is corrupt or was "
+                "decoded with other means/scales than it was encoded with"
+            )
 
 
 def encode_latents(
@@ -537,3 +636,38 @@ def _checksum(body: bytes, symbols: np.ndarray) -> int:
     the stream, and a decode with other parameters (different symbols)."""
     data = np.ascontiguousarray(symbols, dtype="<i8")  # no copy on little-endian
     return zlib.crc32(memoryview(data).cast("B"), zlib.crc32(body))
+
+
+def _clip_escapes(rel: np.ndarray, si: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Symbols relative to their centres → (what the table codes: clipped to
+    the escapes ``±(B + 1)``, the excess ``|rel| - B`` of each escaped one)."""
+    bound = TAIL_BOUNDS[si]
+    escaped = np.abs(rel) > bound
+    return np.clip(rel, -bound - 1, bound + 1), (np.abs(rel[escaped])
+                                                 - bound[escaped]).tolist()
+
+
+def _restore_escapes(coded: np.ndarray, si: np.ndarray,
+                     reader: rans.GammaReader) -> np.ndarray:
+    """Inverse of :func:`_clip_escapes`, reading the excess from ``reader``."""
+    bound = TAIL_BOUNDS[si]
+    escaped = np.abs(coded) > bound
+    excess = np.array(reader.read(int(escaped.sum()), _ESCAPE_MAX_BITS), dtype=np.int64)
+    rel = coded.astype(np.int64)
+    rel[escaped] = np.sign(rel[escaped]) * (bound[escaped] + excess)
+    return rel
+
+
+def _range_decoder(payload: bytes):
+    if len(payload) % 4:
+        raise CodingError("range-coded payload is not a whole number of words")
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    return constriction.stream.queue.RangeDecoder(words)
+
+
+def _check_exhausted(decoder) -> None:
+    if not decoder.maybe_exhausted():
+        raise CodingError(
+            "range-coded payload has data left after the last symbol: the "
+            "stream is corrupt or was decoded with other means/scales"
+        )

@@ -355,7 +355,7 @@ class HierarchicalVAE(nn.Module):
 
 
 def prefix_choice(strings: list[bytes], k: int, layers: int) -> ChooseLatent:
-    """The :data:`ChooseLatent` of progressive decoding (both hierarchical models):
+    """The :data:`ChooseLatent` of progressive decoding, one stream per layer:
     layers ``< k`` decoded from ``strings``, the others at their prior means.
 
     Raises DVAEError for ``k`` outside ``0 … layers``, CodingError for fewer

@@ -721,7 +721,7 @@ def plot_bits_per_layer(layers, estimated, file, per_element, *, title=None):
         layers: layer labels in coding order (``"z1"`` … ``"zL"``).
         estimated: ``−Σ log₂ P`` of each layer in bits per pixel (mean over
             images); the values add up to the model's estimated bpp.
-        file: the same from the real streams, ``8·len(stream) / (H·W)``.
+        file: the same from the real stream, each layer's payload bits / (H·W).
         per_element: bits per latent element of each layer.
 
     See: *Hierarchical VAEs* (bits per layer).
@@ -731,7 +731,7 @@ def plot_bits_per_layer(layers, estimated, file, per_element, *, title=None):
     axes[0].bar(pos - 0.2, estimated, width=0.4, color=COLORS["model"],
                 label="−Σ log₂ P (estimate)")
     axes[0].bar(pos + 0.2, file, width=0.4, color=COLORS["jpeg"],
-                label="stream bytes × 8 (with its 18-byte header)")
+                label="its share of the real stream (payload bits)")
     axes[0].set_ylabel("rate of the layer (bits per pixel)")
     axes[1].bar(pos, per_element, width=0.6, color=COLORS["alt"],
                 label="−Σ log₂ P / number of elements")

@@ -185,15 +185,35 @@ def gamma_decode(data: bytes, count: int, max_bits: int = 64) -> list[int]:
 
     See: *Discretized priors and entropy coding* (escapes).
     """
-    bits = format(int.from_bytes(data, "big"), f"0{8 * len(data)}b") if data else ""
-    values, pos = [], 0
-    for _ in range(count):
-        first_one = bits.find("1", pos)
-        width = first_one - pos + 1  # the value's bit length
-        if first_one < 0 or width > max_bits or first_one + width > len(bits):
-            raise CodingError("Elias-gamma data is truncated or corrupt")
-        values.append(int(bits[first_one : first_one + width], 2))
-        pos = first_one + width
-    if len(bits) - pos >= 8 or "1" in bits[pos:]:
-        raise CodingError("Elias-gamma data has trailing bits after the last value")
+    reader = GammaReader(data)
+    values = reader.read(count, max_bits)
+    reader.finish()
     return values
+
+
+class GammaReader:
+    """Reads :func:`gamma_encode` data a few values at a time (the escapes of a
+    layered stream, whose counts are known one layer at a time)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.bits = format(int.from_bytes(data, "big"), f"0{8 * len(data)}b") \
+            if data else ""
+        self.pos = 0
+
+    def read(self, count: int, max_bits: int = 64) -> list[int]:
+        """The next ``count`` values; CodingError if they are not there."""
+        values, bits, pos = [], self.bits, self.pos
+        for _ in range(count):
+            first_one = bits.find("1", pos)
+            width = first_one - pos + 1  # the value's bit length
+            if first_one < 0 or width > max_bits or first_one + width > len(bits):
+                raise CodingError("Elias-gamma data is truncated or corrupt")
+            values.append(int(bits[first_one : first_one + width], 2))
+            pos = first_one + width
+        self.pos = pos
+        return values
+
+    def finish(self) -> None:
+        """CodingError unless only zero padding (< 1 byte) is left."""
+        if len(self.bits) - self.pos >= 8 or "1" in self.bits[self.pos:]:
+            raise CodingError("Elias-gamma data has trailing bits after the last value")

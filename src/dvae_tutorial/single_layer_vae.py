@@ -96,11 +96,13 @@ class VAEOutput(NamedTuple):
 class Compressed(NamedTuple):
     """Streams of one image: ``strings`` (``[z, y]`` or ``[y]``), its ``(H, W)``,
     and ``bits`` = ``−Σ log₂ P`` of the coded latents (what the streams should
-    cost, up to the coder's overhead)."""
+    cost, up to the coder's overhead); ``layer_bits``, where several layers
+    share one stream, each layer's share of its payload in bits."""
 
     strings: list[bytes]
     shape: tuple[int, int]
     bits: float = float("nan")
+    layer_bits: tuple[int, ...] = ()
 
 
 class ChannelGaussian(nn.Module):

@@ -168,6 +168,7 @@ def _prior_stage(model, args: argparse.Namespace, cfg, out: Path, train_root: Pa
         raise DVAEError("--freeze-transforms trains a hierarchical prior over frozen "
                         "transforms: use --preset hier3 or hier12")
     step = 0
+    warmup = tuple(args.rate_warmup) if args.rate_warmup else RATE_WARMUP
     if args.resume and out.is_file():
         saved = load_checkpoint(out)
         model.load_state_dict(saved["model"])
@@ -175,13 +176,13 @@ def _prior_stage(model, args: argparse.Namespace, cfg, out: Path, train_root: Pa
     elif not args.init:
         raise DVAEError("--freeze-transforms needs --init CKPT (the single-layer "
                         "model whose transforms stay fixed)")
+    stage = PriorTraining(model, warmup)  # checks the warm-up before caching
     cache_path = out.parent / f"latents-{fingerprint(model.g_a).hex()}.pt"
     cache = cache_latents(model.g_a, train_root, cache_path, progress=not args.quiet)
     crops = LatentCrops(cache, latent_crop(cfg.patch_size))
     extra = {"frozen": ["g_a", "g_s"], "latent_cache": cache_path.name,
              "latent_crop": crops.crop, "latents_skipped": crops.skipped,
-             "rate_warmup": list(RATE_WARMUP)}
-    stage = PriorTraining(model)
+             "rate_warmup": list(warmup)}
     stage.step = step  # where the rate warm-up stands
     return stage, crops, extra
 
@@ -269,5 +270,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                         help="hier3/hier12 with --init a single-layer model: keep "
                         "its g_a/g_s fixed and train only the prior, on cached "
                         "latents of the photos (written next to --out)")
+    parser.add_argument("--rate-warmup", type=int, nargs=2, metavar=("START", "END"),
+                        help="with --freeze-transforms: the z layers' bits weigh 0 "
+                        "until step START, then rise linearly to 1 at END (default "
+                        "500 1000; 0 0 for none, when --init is a trained prior)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cli_train)
