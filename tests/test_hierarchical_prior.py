@@ -27,6 +27,7 @@ from dvae_tutorial.cli import main
 from dvae_tutorial.configs import (
     HIER3,
     HIER12,
+    LATENT_STRIDE,
     HierarchicalPriorConfig,
     ModelConfig,
     TrainConfig,
@@ -262,8 +263,33 @@ def test_dvae_train_freeze_transforms_from_a_single_layer_parent(tmp_path, capsy
     torch.save(changed, moved / "single.pt")
     with pytest.raises(DVAEError, match="changed since"):
         load_model(moved / "h16.pt")
+    tune = ["train", "--preset", "hier3", "--steps", "1", "--batch", "2", "--patch",
+            "64", "--train-dir", str(photos), "--quiet", "--init", str(out),
+            "--freeze-transforms", "--rate-warmup", "0", "0"]
+    assert main([*tune, "--out", str(tmp_path / "tuned.pt")]) == 0  # a trained prior
+    tuned = load_checkpoint(tmp_path / "tuned.pt")["recipe"]
+    assert tuned["rate_warmup"] == [0, 0] and tuned["parent"]["file"] == "h.pt"
+    assert main([*tune[:-2], "5", "2", "--out", str(tmp_path / "bad.pt")]) == 2
+    assert "0 <= start <= end" in capsys.readouterr().err
     assert main([*args[:4], "4", *args[5:], "--resume"]) == 0  # resumes
     assert load_checkpoint(out)["step"] == 4
     assert main(["train", "--preset", "tiny", "--freeze-transforms", "--out",
                  str(tmp_path / "x.pt"), "--train-dir", str(photos)]) == 2
     assert "hier3 or hier12" in capsys.readouterr().err
+
+
+def test_the_rate_warm_up_weighs_the_z_bits_from_0_to_1():
+    model = _model()
+    y = torch.randn(2, TINY_P.latent_channels, 4, 4) * 3
+    pixels = 4 * 4 * LATENT_STRIDE**2
+    for warmup, step, beta in (((2, 4), 0, 0.0), ((2, 4), 3, 0.5), ((2, 4), 4, 1.0),
+                               ((0, 0), 0, 1.0), ((3, 3), 2, 0.0)):
+        stage = PriorTraining(model, warmup).train()
+        stage.step = step
+        torch.manual_seed(0)
+        out = stage(y)
+        z = sum(v for k, v in out.bits.items() if k != "y")
+        torch.testing.assert_close(out.bpp, (out.bits["y"] + beta * z) / pixels)
+        assert stage.step == step + 1
+    with pytest.raises(DVAEError, match="0 <= start <= end"):
+        PriorTraining(model, (5, 2))
