@@ -26,7 +26,12 @@ from dvae_tutorial.configs import (
     TrainConfig,
 )
 from dvae_tutorial.errors import CodingError, DVAEError
-from dvae_tutorial.hierarchical_vae import HierarchicalVAE, init_hierarchical_
+from dvae_tutorial.hierarchical_vae import (
+    ConvNeXtBlock,
+    HierarchicalVAE,
+    depthwise_float64,
+    init_hierarchical_,
+)
 from dvae_tutorial.images import to_tensor01
 from dvae_tutorial.layers import count_parameters, scale_
 from dvae_tutorial.metrics import to_uint8
@@ -199,7 +204,7 @@ def test_the_codec_writes_and_reads_a_hierarchical_file():
 
 def test_wrong_streams_raise_coding_errors():
     model = _model().eval()
-    strings, shape, _ = model.compress(_smooth_image(32, 32))
+    strings, shape, *_ = model.compress(_smooth_image(32, 32))
     with pytest.raises(CodingError, match="reads 3 streams"):
         model.decompress(strings[:2], shape)
     with pytest.raises(CodingError, match="reads 3 streams"):
@@ -218,7 +223,7 @@ def test_wrong_streams_raise_coding_errors():
 
 def test_progressive_decoding_endpoints():
     model = _model().eval()
-    strings, shape, _ = model.compress(_smooth_image(40, 24))
+    strings, shape, *_ = model.compress(_smooth_image(40, 24))
     full = model.decompress(strings, shape)
     assert torch.equal(model.decompress_progressive(strings, shape, 3), full)
     # a prefix of the streams is enough for its layers
@@ -343,3 +348,17 @@ def test_checkpoints_store_the_family_and_load_model_dispatches(tmp_path):
     assert isinstance(loaded, HierarchicalVAE) and loaded.config == model.config
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value.half().float())
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_float64_depthwise_shift_and_add_equals_the_convolution(k):
+    block = ConvNeXtBlock(6, k).double()
+    torch.nn.init.normal_(block.dw.bias)
+    x = torch.randn(2, 6, 9, 5, dtype=torch.float64)
+    torch.testing.assert_close(depthwise_float64(x, block.dw), block.dw(x),
+                               rtol=1e-13, atol=1e-13)
+    dw_conv = torch.nn.functional.conv2d  # the block's float64 forward uses it
+    normed = block.norm(dw_conv(x, block.dw.weight, block.dw.bias, padding=k // 2,
+                                groups=6).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(block(x), x + block.pw2(torch.nn.functional.gelu(
+        block.pw1(normed))), rtol=1e-12, atol=1e-12)

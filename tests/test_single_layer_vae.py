@@ -242,7 +242,7 @@ def test_compress_rejects_batches_and_decompress_rejects_wrong_streams():
         model.compress(torch.rand(2, 3, 64, 64))
     with pytest.raises(DVAEError, match="shape"):
         model(torch.rand(1, 64, 64))
-    strings, shape, _ = model.compress(_smooth_image(64, 64))
+    strings, shape, *_ = model.compress(_smooth_image(64, 64))
     with pytest.raises(CodingError, match="stream"):
         model.decompress(strings[1:], shape)
     with pytest.raises(CodingError):
