@@ -32,3 +32,16 @@ def test_unknown_subcommand_is_a_usage_error(capsys):
         main(["no-such-command"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--help"], ["models"]])
+def test_closed_stdout_ends_quietly(args):
+    """``dvae … | head -1``: once the reader has gone, no traceback and no
+    "Exception ignored" on stderr; a command's status is then 141 (128 +
+    SIGPIPE, as other tools'). (argparse's help ignores the error itself.)"""
+    child = subprocess.Popen([sys.executable, "-m", "dvae_tutorial.cli", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # before the child has written anything
+    _, err = child.communicate(timeout=300)
+    assert err.decode() == ""
+    assert child.returncode == (0 if args == ["--help"] else 141)

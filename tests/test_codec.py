@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -354,3 +358,292 @@ def test_hierarchical_files_decode_with_another_thread_count(kodak):
                 assert np.abs(here - there).max() <= 1
     finally:
         torch.set_num_threads(threads)
+
+
+# --- hostile input: model names, headers, outputs ----------------------------
+
+#: Names that must not reach a file: paths into, out of and beside the
+#: weights folder (two of them load a checkpoint if joined into a path).
+PATH_NAMES = ["narrow/single-845-narrow", "../weights/single-100", "..", "a\\b",
+              str(codec.WEIGHTS_DIR / "single-100"), "m" * 300, "nope", ""]
+
+
+def shipped_list() -> str:
+    return f"(shipped: {', '.join(i.name for i in codec.shipped_models())})"
+
+
+@pytest.mark.parametrize("name", PATH_NAMES)
+def test_model_names_are_looked_up_never_joined_into_a_path(name):
+    for call in (lambda: codec.load_shipped(name),
+                 lambda: codec.compress(photo(8, 8), name)):
+        with pytest.raises(DVAEError, match="no shipped model named") as info:
+            call()
+        message = str(info.value)
+        assert shipped_list() in message
+        assert "\n" not in message and len(message) < 400
+
+
+def test_cli_model_must_be_a_shipped_name(tmp_path, capsys):
+    Image.fromarray(photo(8, 8)).save(tmp_path / "a.png")
+    for name in ("narrow/single-845-narrow", str(codec.WEIGHTS_DIR / "single-100")):
+        assert main(["compress", str(tmp_path / "a.png"), "--model", name,
+                     "--out-dir", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no shipped model named" in err[0]
+        assert shipped_list() in err[0]
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_header_cannot_name_a_checkpoint_path(tmp_path, capsys):
+    """A file whose header names single-100 by a path (its weights, shapes and
+    streams right) is refused: the name is not a shipped one."""
+    model, image = codec.load_shipped("single-100"), photo(16, 16)
+    for i, name in enumerate([str(codec.WEIGHTS_DIR / "single-100"),
+                              "../weights/single-100"]):
+        data = codec.compress(image, model, name=name, lmbda=100.0).data
+        np.testing.assert_array_equal(codec.decompress(data, model=model),
+                                      reference(model, image))  # a sound file
+        with pytest.raises(CodingError, match="which this installation does not ship"):
+            codec.decompress(data)
+        (tmp_path / f"f{i}.dvae").write_bytes(data)
+        assert main(["decompress", str(tmp_path / f"f{i}.dvae"), "--out-dir",
+                     str(tmp_path / "d")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "does not ship" in err[0]
+        assert ", ".join(i.name for i in codec.shipped_models()) in err[0]
+    assert not (tmp_path / "d").exists()
+
+
+def with_header(data: bytes, **fields) -> bytes:
+    """``data`` with header fields replaced (header CRC recomputed)."""
+    header, streams = codec.bitstream.unpack(data)
+    return codec.bitstream.pack(dataclasses.replace(header, **fields), streams)
+
+
+@pytest.mark.parametrize("lmbda", [float("nan"), float("inf"), float("-inf"), -1.0, 0.0])
+def test_header_lambda_must_be_finite_and_positive(models, tmp_path, capsys, lmbda):
+    bad = with_header(codec.compress(photo(16, 16), "tiny-f").data, lmbda=lmbda)
+    with pytest.raises(CodingError, match="λ"):
+        codec.decompress(bad)
+    (tmp_path / "bad.dvae").write_bytes(bad)
+    assert main(["decompress", str(tmp_path / "bad.dvae"), "--out-dir",
+                 str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.dvae: the header's λ" in err[0]
+    assert not (tmp_path / "d" / "bad.png").exists()
+
+
+def test_unrecorded_lambda_decodes_only_with_the_callers_model(models):
+    """compress with a model object and no lmbda records λ = 0 ("not
+    recorded", as evaluate_model does): the caller's model decodes it, the
+    shipped name alone does not; a non-finite lmbda is refused when writing."""
+    model, image = models["tiny-f"], photo(16, 16)
+    data = codec.compress(image, model, name="tiny-f").data
+    assert codec.bitstream.unpack(data)[0].lmbda == 0
+    np.testing.assert_array_equal(codec.decompress(data, model=model),
+                                  reference(model, image))
+    with pytest.raises(CodingError, match="λ"):
+        codec.decompress(data)
+    with pytest.raises(CodingError, match="λ"):
+        codec.decompress(with_header(data, lmbda=-1.0), model=model)
+    for lmbda in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(DVAEError, match="lmbda must be finite"):
+            codec.compress(image, model, name="tiny-f", lmbda=lmbda)
+
+
+def test_header_family_must_be_the_models(models):
+    data = codec.compress(photo(16, 16), "tiny-f").data
+    with pytest.raises(CodingError, match="header says a hierarchical model"):
+        codec.decompress(with_header(data, family="hierarchical"))
+
+
+@pytest.mark.parametrize("size", [(16384, 16384), (1, 268435456)])
+def test_crafted_huge_image_is_refused_before_decoding(tmp_path, capsys, monkeypatch,
+                                                      size):
+    """A header with single-100's weights and latent shapes for a 2^28-pixel
+    image: everything consistent but the size, which is over the budget."""
+    model = codec.load_shipped("single-100")
+    shapes = tuple(tuple(s) for s in model.stream_shapes(size))
+    header = codec.bitstream.Header("single", "single-100", 100.0,
+                                    codec.fingerprint(model), *size, shapes, ())
+    data = codec.bitstream.pack(header, [bytes(18)] * len(shapes))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoding started")
+
+    monkeypatch.setattr(type(model), "decompress", no_decoding)
+    with pytest.raises(AssertionError, match="decoding started"):
+        codec.decompress(data, max_pixels=2**28)  # only the budget stops it
+    start = time.perf_counter()
+    with pytest.raises(CodingError, match="over the pixel budget of 16,777,216"):
+        codec.decompress(data)
+    (tmp_path / "huge.dvae").write_bytes(data)
+    assert main(["decompress", str(tmp_path / "huge.dvae"), "--out-dir",
+                 str(tmp_path / "d")]) == 2
+    assert time.perf_counter() - start < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert (f"huge.dvae: the header's image size {size[1]}×{size[0]} = "
+            "268,435,456 pixels is over the pixel budget") in err[0]
+
+
+def test_a_header_announcing_too_many_stream_bytes_is_refused(models, tmp_path,
+                                                             capsys):
+    data = codec.compress(photo(16, 16), "tiny-f").data
+    header, streams = codec.bitstream.unpack(data)
+    padding = bytes(codec.MAX_BYTES_PER_PIXEL * 16 * 16 + codec.STREAM_SLACK_BYTES)
+    big = codec.bitstream.pack(header, [streams[0] + padding])
+    with pytest.raises(CodingError, match="announces .* bytes of streams, more than"):
+        codec.decompress(big)
+    (tmp_path / "big.dvae").write_bytes(big)
+    (tmp_path / "long.dvae").write_bytes(data + b"\0")
+    assert main(["decompress", str(tmp_path / "big.dvae"), str(tmp_path / "long.dvae"),
+                 "--out-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "big.dvae: the header announces" in err[0]
+    assert "long.dvae: the file is longer than its header says" in err[1]
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_decompress_dev_zero_is_refused_at_its_magic(tmp_path):
+    """In a child process limited to 4 GiB of address space: reading all of
+    /dev/zero would end in a MemoryError traceback (or never)."""
+    resource = pytest.importorskip("resource")
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    run = subprocess.run([sys.executable, "-m", "dvae_tutorial.cli", "decompress",
+                          "/dev/zero", "--out-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=300, preexec_fn=cap)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == ["dvae decompress: error: /dev/zero: not a .dvae "
+                                       "file: it starts with b'\\x00\\x00\\x00\\x00', "
+                                       "not b'DVAE'"]
+
+
+def test_outputs_are_not_overwritten_without_force(models, tmp_path, capsys):
+    """`compress d/photo.png --out-dir d` then `decompress d/photo.dvae --out-dir
+    d`: the second would replace photo.png; only --force does that."""
+    d, image = tmp_path / "d", photo(20, 24)
+    d.mkdir()
+    Image.fromarray(image).save(d / "photo.png")
+    original = (d / "photo.png").read_bytes()
+    compress = ["compress", str(d / "photo.png"), "--model", "tiny-f", "--out-dir",
+                str(d)]
+    assert main(compress) == 0
+    written = (d / "photo.dvae").read_bytes()
+    (d / "photo.dvae").write_bytes(b"keep")
+    assert main(compress) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "photo.dvae exists; --force" in err[0]
+    assert (d / "photo.dvae").read_bytes() == b"keep"
+    assert main([*compress, "--force"]) == 0
+    assert (d / "photo.dvae").read_bytes() == written
+
+    decompress = ["decompress", str(d / "photo.dvae"), "--out-dir", str(d)]
+    assert main(decompress) == 2
+    assert "photo.png exists; --force" in capsys.readouterr().err
+    assert (d / "photo.png").read_bytes() == original
+    assert main([*decompress, "--force"]) == 0  # another file than the input: allowed
+    with Image.open(d / "photo.png") as out:
+        np.testing.assert_array_equal(np.asarray(out), reference(models["tiny-f"], image))
+    assert sorted(p.name for p in d.iterdir()) == ["photo.dvae", "photo.png"]
+
+
+def test_the_input_is_never_overwritten_even_with_force(models, tmp_path, capsys):
+    data = codec.compress(photo(16, 16), "tiny-f").data
+    (tmp_path / "x.png").write_bytes(data)  # a .dvae file named x.png
+    Image.fromarray(photo(16, 16)).save(tmp_path / "y.dvae", format="PNG")
+    png = (tmp_path / "y.dvae").read_bytes()
+    (tmp_path / "link").symlink_to(tmp_path)
+    for out in ("", "link"):
+        assert main(["decompress", str(tmp_path / "x.png"), "--out-dir",
+                     str(tmp_path / out), "--force"]) == 2
+        assert main(["compress", str(tmp_path / "y.dvae"), "--model", "tiny-f",
+                     "--out-dir", str(tmp_path / out), "--force"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 2 and all("is the input itself" in line for line in err)
+    assert (tmp_path / "x.png").read_bytes() == data
+    assert (tmp_path / "y.dvae").read_bytes() == png
+
+
+def test_out_dir_naming_a_file_is_one_error(models, tmp_path, capsys):
+    for name in ("a", "b"):
+        Image.fromarray(photo(8, 8)).save(tmp_path / f"{name}.png")
+    assert main(["compress", str(tmp_path / "a.png"), "--model", "tiny-f",
+                 "--out-dir", str(tmp_path / "c")]) == 0
+    (tmp_path / "file").write_text("not a folder")
+    for args in (["compress", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                  "--model", "tiny-f"],
+                 ["decompress", str(tmp_path / "c" / "a.dvae")]):
+        capsys.readouterr()
+        assert main([*args, "--out-dir", str(tmp_path / "file")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"dvae {args[0]}: error: --out-dir {tmp_path / 'file'} is a "
+                       "file, not a folder"]
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_out_of_memory_on_one_file_does_not_stop_the_batch(models, tmp_path, capsys,
+                                                          monkeypatch):
+    Image.fromarray(photo(20, 20)).save(tmp_path / "a.png")
+    Image.fromarray(photo(24, 24)).save(tmp_path / "b.png")
+    real_compress, real_decompress = codec.compress, codec.decompress
+
+    def compress(image, *args, **kwargs):
+        if image.shape[0] == 20:
+            raise MemoryError
+        return real_compress(image, *args, **kwargs)
+
+    monkeypatch.setattr(codec, "compress", compress)
+    out = tmp_path / "c"
+    assert main(["compress", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                 "--model", "tiny-f", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a.png: out of memory" in err[0]
+    assert (out / "b.dvae").is_file() and not (out / "a.dvae").exists()
+
+    (out / "c.dvae").write_bytes((out / "b.dvae").read_bytes())
+    calls = []
+
+    def decompress(data, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # torch's CPU allocator raises RuntimeError
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] "
+                               "DefaultCPUAllocator: can't allocate memory")
+        return real_decompress(data, *args, **kwargs)
+
+    monkeypatch.setattr(codec, "decompress", decompress)
+    assert main(["decompress", str(out / "b.dvae"), str(out / "c.dvae"), "--out-dir",
+                 str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b.dvae: out of memory" in err[0]
+    assert (tmp_path / "d" / "c.png").is_file() and not (tmp_path / "d" / "b.png").exists()
+    monkeypatch.setattr(codec, "decompress", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # other errors are bugs, not bad input
+        codec.decompress_file(out / "c.dvae", tmp_path / "e")
+
+
+def test_max_pixels_option(models, tmp_path, capsys):
+    Image.fromarray(photo(20, 30)).save(tmp_path / "p.png")
+    compress = ["compress", str(tmp_path / "p.png"), "--model", "tiny-f", "--out-dir",
+                str(tmp_path / "c")]
+    assert main([*compress, "--max-pixels", "599"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "30×20 = 600 pixels, over the limit of 599" in err[0]
+    assert main([*compress, "--max-pixels", "600"]) == 0
+    decompress = ["decompress", str(tmp_path / "c" / "p.dvae"), "--out-dir",
+                  str(tmp_path / "d")]
+    assert main([*decompress, "--max-pixels", "599"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("p.dvae: the header's image size 30×20 = 600 pixels is "
+                              "over the pixel budget of 599") in err[0]
+    assert main(decompress) == 0
+    with pytest.raises(DataError, match="over the pixel budget of 599"):
+        codec.compress(photo(20, 30), "tiny-f", max_pixels=599)
+    with pytest.raises(SystemExit):
+        main([*decompress, "--max-pixels", "0"])
+    with pytest.raises(SystemExit):
+        main(["decompress", "--help"])
+    assert f"{codec.MAX_PIXELS:,}" in capsys.readouterr().out

@@ -58,6 +58,12 @@ MAX_NDIM = 8
 _U8, _U32, _F32 = struct.Struct("<B"), struct.Struct("<I"), struct.Struct("<f")
 #: Varints of at most 5 bytes: every value below 2**32.
 _VARINT_MAX_BYTES = 5
+#: Longest possible header (255-byte name, 255 streams of 8 five-byte varints):
+#: a reader reads this much, checks the header, and only then the streams.
+MAX_HEADER_BYTES = (len(MAGIC) + 3 * _U8.size + MAX_NAME_BYTES + _F32.size
+                    + FINGERPRINT_BYTES + 2 * _VARINT_MAX_BYTES + _U8.size
+                    + 255 * (_U8.size + (MAX_NDIM + 1) * _VARINT_MAX_BYTES)
+                    + _U32.size)
 
 
 def _varint(value: int) -> bytes:
@@ -172,6 +178,30 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
             version, truncated field, corrupt header, missing or extra bytes).
     """
     data = bytes(data)
+    header, pos = unpack_header(data)
+    need = pos + sum(header.lengths)
+    if len(data) != need:
+        what = "truncated" if len(data) < need else "longer than its header says"
+        raise CodingError(f"the file is {what}: {len(data)} bytes, the header "
+                          f"announces {need}")
+    streams = []
+    for n in header.lengths:
+        streams.append(data[pos:pos + n])
+        pos += n
+    return header, streams
+
+
+def unpack_header(data: bytes) -> tuple[Header, int]:
+    """The header at the start of ``data`` and its size in bytes.
+
+    ``data`` may stop anywhere after the header (the first
+    :data:`MAX_HEADER_BYTES` of a file are enough): a reader can check the
+    header before it reads, or allocates, the streams. The same checks as
+    :func:`unpack` but the file's length.
+
+    Raises:
+        CodingError: as :func:`unpack`.
+    """
     if not data:
         raise CodingError("the file is empty")
     if not data.startswith(MAGIC):
@@ -204,15 +234,6 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     families = {v: k for k, v in FAMILIES.items()}
     if code not in families or not name.isascii() or not shapes:
         raise CodingError("the header is corrupt (family, name or streams)")
-    need = r.pos + sum(lengths)
-    if len(data) != need:
-        what = "truncated" if len(data) < need else "longer than its header says"
-        raise CodingError(f"the file is {what}: {len(data)} bytes, the header "
-                          f"announces {need}")
-    streams, pos = [], r.pos
-    for n in lengths:
-        streams.append(data[pos:pos + n])
-        pos += n
     header = Header(families[code], name.decode("ascii"), lmbda, fingerprint,
                     height, width, tuple(shapes), tuple(lengths))
-    return header, streams
+    return header, r.pos

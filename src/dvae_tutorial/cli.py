@@ -2,17 +2,23 @@
 
 ``dvae --help`` lists the subcommands. Each subcommand is a thin layer over a
 package function; errors the package raises on purpose (:class:`DVAEError`)
-become one line on stderr and exit status 2, never a traceback.
+become one line on stderr and exit status 2, never a traceback. A closed
+standard output (``dvae … | head -1``) ends the command quietly with status
+141, as SIGPIPE ends other Unix tools.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import DVAEError
+from .errors import DVAEError, one_line
+
+#: Exit status when standard output is closed: 128 + SIGPIPE.
+BROKEN_PIPE_STATUS = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,16 +57,37 @@ def _add_codec_parsers(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except DVAEError as err:
-        print(f"dvae {args.command}: error: {err}", file=sys.stderr)
+        print(f"dvae {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush of what is
+    still buffered does not report the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (pytest)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,13 +16,28 @@ compare with, which are not shipped models (not listed, not usable by
 name): ``weights/narrow/`` the narrow λ = 845 model of an earlier edition
 (chapter 5), ``weights/resnet/`` the from-scratch ResNet VAE (QRes-VAE's
 architecture, 9,000 CPU steps; chapter 6).
+
+Files come from anywhere, so nothing a header says is used before it is
+checked: the model's name is looked up among the shipped names (never
+joined into a path), λ must be finite and positive, the image must fit the
+pixel budget :data:`MAX_PIXELS` and the streams the image, the family,
+fingerprint and latent shapes must be the model's — a crafted header is
+refused before anything is allocated for it. ``decompress_file`` reads a
+file's header before its streams, so a file that is not a ``.dvae`` file
+(``/dev/zero``) is refused having read a few kilobytes. Output files are
+created, never overwritten, unless ``force=True``; the input being read is
+never overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +55,19 @@ from .metrics import to_uint8
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: Suffix of compressed files.
 SUFFIX = ".dvae"
-#: Largest image the decoder accepts (pixels): a corrupt size field must not
-#: allocate gigabytes. 2^28 ≈ 16k × 16k.
-MAX_PIXELS = 2**28
+#: The pixel budget: the largest image (width × height) that is compressed or
+#: decompressed unless the caller raises it (``max_pixels=``, ``dvae compress``
+#: / ``decompress --max-pixels``). 2^24 = 4096 × 4096: a 12-megapixel photo
+#: fits. Coding needs some 600 bytes of memory a pixel (10 GB at the budget),
+#: and a corrupt or crafted size field must not make the decoder allocate more.
+MAX_PIXELS = 2**24
+#: A file's streams hold at most this many bytes a pixel (128 bpp: 5 × raw
+#: RGB, 30 × noise at the highest λ), plus STREAM_SLACK_BYTES (the padding
+#: of tiny images): a header announcing more is refused, and no more is read.
+MAX_BYTES_PER_PIXEL = 16
+STREAM_SLACK_BYTES = 2**20
+#: Error messages quote at most this many characters of a name.
+_QUOTE_CHARS = 60
 
 
 @dataclass(frozen=True)
@@ -61,9 +86,35 @@ def shipped_models(family: str | None = None) -> list[ModelInfo]:
     Args:
         family: only this family (``"single"`` or ``"hierarchical"``).
     """
-    infos = [_info(path) for path in sorted(WEIGHTS_DIR.glob("*.pt"))]
+    infos = [_info(path) for path in _shipped_paths().values()]
     infos = [i for i in infos if family is None or i.family == family]
     return sorted(infos, key=lambda i: (i.family, i.lmbda))
+
+
+def _shipped_paths() -> dict[str, Path]:
+    """Name → checkpoint of every shipped model: the files ``WEIGHTS_DIR/*.pt``."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt")) if p.is_file()}
+
+
+def _shipped_path(name: str) -> Path:
+    """The checkpoint of the shipped model ``name``. The name is looked up among
+    the shipped names, never joined into a path: ``../x``, ``resnet/…`` or an
+    absolute path cannot load a file that is not a shipped model.
+
+    Raises:
+        DVAEError: no shipped model has that name (the message lists them).
+    """
+    path = _shipped_paths().get(name) if isinstance(name, str) else None
+    if path is None:
+        raise DVAEError(f"no shipped model named {_quote(name)} (shipped: "
+                        f"{_shipped_names()}); `dvae models` lists them")
+    return path
+
+
+def _quote(name: object) -> str:
+    """``repr(name)`` for a one-line message, cut to :data:`_QUOTE_CHARS`."""
+    text = repr(name)
+    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS - 1] + "…"
 
 
 def _info(path: Path) -> ModelInfo:
@@ -84,10 +135,7 @@ def load_shipped(name: str) -> torch.nn.Module:
     Raises:
         DVAEError: no shipped model has that name (the message lists them).
     """
-    path = WEIGHTS_DIR / f"{name}.pt"
-    if not path.is_file():
-        raise DVAEError(f"no shipped model named {name!r} (shipped: "
-                        f"{_shipped_names()}); `dvae models` lists them")
+    path = _shipped_path(name)
     stat = path.stat()
     return _load(path, stat.st_mtime_ns, stat.st_size)
 
@@ -138,7 +186,8 @@ class Encoded:
 
 
 def compress(image: np.ndarray, model: str | torch.nn.Module,
-             name: str | None = None, lmbda: float = 0.0) -> Encoded:
+             name: str | None = None, lmbda: float = 0.0, *,
+             max_pixels: int = MAX_PIXELS) -> Encoded:
     """Compress a uint8 ``(H, W, 3)`` image into the bytes of a ``.dvae`` file.
 
     Args:
@@ -146,18 +195,35 @@ def compress(image: np.ndarray, model: str | torch.nn.Module,
         model: a shipped model's name, or a model object; for an object give
             ``name`` (stored in the header, where :func:`decompress` looks for
             the model) and optionally its ``lmbda`` (0 = not recorded).
+        max_pixels: refuse a larger image (default :data:`MAX_PIXELS`, what
+            :func:`decompress` accepts by default).
+
+    Raises:
+        DVAEError: unknown model name, a model object without ``name``, or
+            ``lmbda`` not finite and ≥ 0.
+        DataError: not a uint8 (H, W, 3) image, or one over ``max_pixels``.
 
     See: *A discretized VAE codec* (compressing to bytes).
     """
     if isinstance(model, str):
+        path = _shipped_path(model)
         model_obj = load_shipped(model)
-        name, lmbda = model, _info(WEIGHTS_DIR / f"{model}.pt").lmbda
+        name, lmbda = model, _info(path).lmbda
     else:
         model_obj = model
         if not name:
             raise DVAEError("compressing with a model object needs its name= "
                             "(stored in the file header)")
-    x = to_tensor01(np.asarray(image)).unsqueeze(0)
+        if not (math.isfinite(lmbda) and lmbda >= 0):
+            raise DVAEError(f"lmbda must be finite and ≥ 0 (0: not recorded), "
+                            f"got {lmbda}")
+    pixels = np.asarray(image)
+    if pixels.ndim == 3 and pixels.shape[0] * pixels.shape[1] > max_pixels:
+        raise DataError(f"the image is {pixels.shape[1]}×{pixels.shape[0]} = "
+                        f"{pixels.shape[0] * pixels.shape[1]:,} pixels, over the "
+                        f"pixel budget of {max_pixels:,} (max_pixels=, "
+                        "--max-pixels raise it)")
+    x = to_tensor01(pixels).unsqueeze(0)
     height, width = (int(side) for side in x.shape[-2:])
     compressed = model_obj.compress(x)
     shapes = tuple(tuple(s) for s in model_obj.stream_shapes((height, width)))
@@ -165,56 +231,113 @@ def compress(image: np.ndarray, model: str | torch.nn.Module,
                               float(lmbda), fingerprint(model_obj), height, width,
                               shapes, ())
     data = bitstream.pack(header, list(compressed.strings))
+    if sum(map(len, compressed.strings)) > _max_stream_bytes(height, width):
+        raise CodingError("the streams are longer than a reader accepts for "
+                          f"a {width}×{height} image")  # never seen: 128 bpp
     return Encoded(data, float(compressed.bits), height, width)
 
 
 def decompress(data: bytes, model: torch.nn.Module | None = None,
-               layers: int | None = None) -> np.ndarray:
+               layers: int | None = None, *,
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The bytes of a ``.dvae`` file → the uint8 ``(H, W, 3)`` reconstruction.
+
+    Every header field is checked before anything is decoded (see
+    :func:`check_header`), then the model: the shipped one named in the
+    header (looked up by name), or ``model``; its family, fingerprint and
+    latent shapes must be the header's.
 
     Args:
         data: a file written by :func:`compress`.
         model: decode with this model instead of the shipped one named in the
-            header (its fingerprint must still match).
+            header (its fingerprint must still match); a file written by
+            :func:`compress` with a model object and no ``lmbda`` (λ = 0,
+            not recorded) decodes only this way.
         layers: progressive decoding (hierarchical models only): decode the
             first ``layers`` latent layers and put the others at their prior
             means; ``None`` decodes them all.
+        max_pixels: refuse a larger image (default :data:`MAX_PIXELS`).
 
     Raises:
-        CodingError: empty, foreign, truncated or corrupt file, or a file
-            written by a model this installation does not have (names which).
+        CodingError: empty, foreign, truncated or corrupt file, an implausible
+            header (λ, size, stream lengths), or a file written by a model
+            this installation does not have (names which).
         DVAEError: ``layers`` for a single-layer file, or outside ``0 … L``.
 
     See: *A discretized VAE codec* (compressing to bytes).
     """
     header, streams = bitstream.unpack(data)
-    if model is None:
-        try:
-            model = load_shipped(header.model)
-        except DVAEError:
-            raise CodingError(f"the file was written by model {header.model!r}, "
-                              "which this installation does not ship "
-                              f"({_shipped_names()})") from None
-    if fingerprint(model) != header.fingerprint:
-        raise CodingError(f"the file was written by other weights than this "
-                          f"installation's model {header.model!r} (fingerprint "
-                          f"{header.fingerprint.hex()} vs {fingerprint(model).hex()})"
-                          "; decode it with the dvae-tutorial version that wrote it")
+    check_header(header, max_pixels, lmbda_recorded=model is None)
+    model = _header_model(header, model)
     size = (header.height, header.width)
-    if not 0 < header.height * header.width <= MAX_PIXELS:
-        raise CodingError(f"the header's image size {size} is not plausible")
-    expected = tuple(tuple(s) for s in model.stream_shapes(size))
-    if header.shapes != expected:
-        raise CodingError(f"the header's latent shapes {header.shapes} do not fit "
-                          f"model {header.model!r} for a {size} image {expected}")
     if layers is None:
         x_hat = model.decompress(streams, size)
     elif not hasattr(model, "decompress_progressive"):
         raise DVAEError(f"progressive decoding needs a hierarchical model; "
-                        f"{header.model!r} is a {header.family} model")
+                        f"{_quote(header.model)} is a {header.family} model")
     else:
         x_hat = model.decompress_progressive(streams, size, layers)
     return to_uint8(x_hat[0].permute(1, 2, 0))  # HWC: (3, 1, 1) is ambiguous
+
+
+def check_header(header: bitstream.Header, max_pixels: int = MAX_PIXELS,
+                 lmbda_recorded: bool = True) -> None:
+    """Check what a header says about itself, before a model is loaded or
+    anything allocated: λ finite and > 0 (≥ 0 unless ``lmbda_recorded``),
+    ``0 < height × width ≤ max_pixels``, and stream lengths within
+    :data:`MAX_BYTES_PER_PIXEL` of the image.
+
+    Raises:
+        CodingError: names the field.
+    """
+    lmbda = header.lmbda
+    if not (math.isfinite(lmbda) and (lmbda > 0 or lmbda == 0 and not lmbda_recorded)):
+        raise CodingError(f"the header's λ = {lmbda} is not a model's "
+                          "(finite and > 0); the file is corrupt")
+    height, width = header.height, header.width
+    if height * width == 0:
+        raise CodingError(f"the header's image size {width}×{height} is empty")
+    if height * width > max_pixels:
+        raise CodingError(f"the header's image size {width}×{height} = "
+                          f"{height * width:,} pixels is over the pixel budget of "
+                          f"{max_pixels:,} (max_pixels=, --max-pixels raise it)")
+    if sum(header.lengths) > _max_stream_bytes(height, width):
+        raise CodingError(f"the header announces {sum(header.lengths):,} bytes of "
+                          f"streams, more than a {width}×{height} image can need "
+                          f"({_max_stream_bytes(height, width):,})")
+
+
+def _max_stream_bytes(height: int, width: int) -> int:
+    return MAX_BYTES_PER_PIXEL * height * width + STREAM_SLACK_BYTES
+
+
+def _header_model(header: bitstream.Header,
+                  model: torch.nn.Module | None) -> torch.nn.Module:
+    """The model that decodes the file (shipped, by the header's name, unless
+    given), checked against the header's family, fingerprint and shapes."""
+    if model is None:
+        try:
+            model = load_shipped(header.model)
+        except DVAEError:
+            raise CodingError(f"the file was written by model {_quote(header.model)}, "
+                              "which this installation does not ship "
+                              f"({_shipped_names()})") from None
+    if fingerprint(model) != header.fingerprint:
+        raise CodingError(f"the file was written by other weights than this "
+                          f"installation's model {_quote(header.model)} (fingerprint "
+                          f"{header.fingerprint.hex()} vs {fingerprint(model).hex()})"
+                          "; decode it with the dvae-tutorial version that wrote it")
+    family = getattr(model, "family", "single")
+    if header.family != family:
+        raise CodingError(f"the header says a {header.family} model, but "
+                          f"{_quote(header.model)} is a {family} model")
+    size = (header.height, header.width)
+    expected = tuple(tuple(s) for s in model.stream_shapes(size))
+    if header.shapes != expected:
+        raise CodingError(f"the header's latent shapes {header.shapes} do not fit "
+                          f"model {_quote(header.model)} for a {size} image "
+                          f"{expected}")
+    return model
 
 
 def output_path(source: str | os.PathLike, out_dir: str | os.PathLike,
@@ -223,35 +346,168 @@ def output_path(source: str | os.PathLike, out_dir: str | os.PathLike,
     return Path(out_dir) / (Path(source).stem + suffix)
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> None:
+    """Refuse an output folder that exists but is not a folder.
+
+    Raises:
+        DataError: names it.
+    """
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"--out-dir {out_dir} is a file, not a folder")
+
+
 def compress_file(source: str | os.PathLike, out_dir: str | os.PathLike,
-                  model: str) -> tuple[Path, Encoded]:
+                  model: str, *, force: bool = False,
+                  max_pixels: int = MAX_PIXELS) -> tuple[Path, Encoded]:
     """Read an image file, write ``out_dir/<stem>.dvae``; return its path and
-    :class:`Encoded`. Errors name the file (DataError: unreadable image)."""
-    image = load_image(source)
-    try:
-        encoded = compress(image, model)
-    except CodingError as err:
-        raise CodingError(f"{source}: {err}") from None
+    :class:`Encoded`.
+
+    An existing ``<stem>.dvae`` is replaced only with ``force`` (and never
+    when it is ``source`` itself); an image over ``max_pixels`` is refused
+    before its pixels are decoded.
+
+    Raises:
+        DataError: unreadable or too large image, unwritable or existing
+            output (names the file).
+        CodingError: the image cannot be coded (names the file; out of
+            memory included).
+    """
     target = output_path(source, out_dir, SUFFIX)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(encoded.data)
+    _check_target(source, target, force)
+    with _out_of_memory_is_an_error(source):
+        image = load_image(source, max_pixels=max_pixels)
+        try:
+            encoded = compress(image, model, max_pixels=max_pixels)
+        except CodingError as err:
+            raise CodingError(f"{source}: {err}") from None
+    _write(target, encoded.data, force)
     return target, encoded
 
 
 def decompress_file(source: str | os.PathLike, out_dir: str | os.PathLike,
-                    layers: int | None = None) -> tuple[Path, np.ndarray]:
+                    layers: int | None = None, *, force: bool = False,
+                    max_pixels: int = MAX_PIXELS) -> tuple[Path, np.ndarray]:
     """Read a ``.dvae`` file, write ``out_dir/<stem>.png`` (lossless PNG of the
     reconstruction; of the first ``layers`` layers, see :func:`decompress`);
-    return its path and the pixels."""
+    return its path and the pixels.
+
+    The file is read header first (see :func:`read_dvae`). An existing
+    ``<stem>.png`` is replaced only with ``force``, never when it is
+    ``source`` itself.
+
+    Raises:
+        DataError: unreadable input, unwritable or existing output.
+        CodingError: anything :func:`decompress` refuses, or out of memory
+            (names the file).
+    """
+    target = output_path(source, out_dir, ".png")
+    _check_target(source, target, force)
+    with _out_of_memory_is_an_error(source):
+        try:
+            data = read_dvae(source, max_pixels)
+            pixels = decompress(data, layers=layers, max_pixels=max_pixels)
+        except DataError:
+            raise  # cannot read it: names the file
+        except DVAEError as err:
+            raise CodingError(f"{source}: {err}") from None
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+    _write(target, png.getvalue(), force)
+    return target, pixels
+
+
+def read_dvae(source: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> bytes:
+    """The bytes of a ``.dvae`` file, read header first: the first
+    :data:`~dvae_tutorial.bitstream.MAX_HEADER_BYTES` are checked (magic and
+    :func:`check_header`) before the streams are read, and no more than the
+    header announces is read (``/dev/zero`` is refused at its magic).
+
+    Raises:
+        DataError: the file cannot be read (names it).
+        CodingError: not a ``.dvae`` file, an implausible header, or a
+            file longer than its header says.
+    """
     try:
-        data = Path(source).read_bytes()
+        with open(source, "rb") as file:
+            data = file.read(bitstream.MAX_HEADER_BYTES)
+            header, size = bitstream.unpack_header(data)
+            check_header(header, max_pixels)
+            need = size + sum(header.lengths)
+            data += file.read(max(0, need + 1 - len(data)))
     except OSError as err:
         raise DataError(f"cannot read {source}: {err.strerror or err}") from None
+    if len(data) > need:
+        raise CodingError(f"the file is longer than its header says (it "
+                          f"announces {need} bytes)")
+    return data
+
+
+def _check_target(source: str | os.PathLike, target: Path, force: bool) -> None:
+    """Refuse to write over ``source`` (ever) or an existing file (unless ``force``)."""
+    if not (target.exists() or target.is_symlink()):
+        return
     try:
-        pixels = decompress(data, layers=layers)
-    except DVAEError as err:
-        raise CodingError(f"{source}: {err}") from None
-    target = output_path(source, out_dir, ".png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(target)
-    return target, pixels
+        same = os.path.samefile(source, target)
+    except OSError:
+        same = False
+    if same:
+        raise DataError(f"{source}: its output {target} is the input itself; "
+                        "choose another --out-dir")
+    if target.is_dir():
+        raise DataError(f"{source}: its output {target} is a folder")
+    if not force:
+        raise DataError(f"{source}: {target} exists; --force (force=True) "
+                        "overwrites it")
+
+
+def _write(target: Path, data: bytes, force: bool) -> None:
+    """Write ``data`` to a new file ``target`` (exclusive creation: a file that
+    appeared since :func:`_check_target` is not overwritten either), or with
+    ``force`` replace it atomically (a failed write leaves the old file).
+
+    Raises:
+        DataError: the folder or file cannot be written (names it).
+    """
+    created = False
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if force:
+            temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                temporary.write_bytes(data)
+                os.replace(temporary, target)
+            finally:
+                temporary.unlink(missing_ok=True)
+        else:
+            with open(target, "xb") as file:
+                created = True
+                file.write(data)
+    except FileExistsError:
+        if not created and target.exists():
+            raise DataError(f"{target} exists; --force (force=True) overwrites "
+                            "it") from None
+        raise DataError(f"cannot create the folder {target.parent}") from None
+    except OSError as err:
+        if created:
+            target.unlink(missing_ok=True)
+        raise DataError(f"cannot write {target}: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def _out_of_memory_is_an_error(source: str | os.PathLike) -> Iterator[None]:
+    """Turn running out of memory while coding ``source`` (Python's
+    MemoryError, torch's allocator errors) into a CodingError naming it, so
+    that a batch goes on with the next file."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not _is_out_of_memory(err):
+            raise
+        raise CodingError(f"{source}: out of memory while coding it "
+                          f"({type(err).__name__})") from None
+
+
+def _is_out_of_memory(err: RuntimeError) -> bool:
+    text = str(err)
+    return "can't allocate memory" in text or "out of memory" in text.lower()

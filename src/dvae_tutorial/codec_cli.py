@@ -4,7 +4,11 @@ Thin layers over :mod:`dvae_tutorial.codec` and
 :mod:`dvae_tutorial.evaluation` (backs *A discretized VAE codec* and the
 appendix on the ``dvae`` command). A bad input file is reported on one line
 of stderr (``dvae compress: error: <file>: <problem>``); the other files are
-still processed, and the exit status is 2 if any failed.
+still processed, and the exit status is 2 if any failed. An existing output
+file is overwritten only with ``--force``, and never the file being read;
+``--max-pixels`` raises the pixel budget (:data:`~dvae_tutorial.codec.MAX_PIXELS`).
+A model is named from the shipped set only: neither ``--model`` nor a
+file's header can make the command load another file.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .bitstream import FAMILIES
-from .errors import DVAEError
+from .errors import DVAEError, one_line
 
 
 def _cli_models(args: argparse.Namespace) -> int:
@@ -42,19 +46,21 @@ def _run_each(paths: list[str], command: str, work) -> int:
         try:
             print(work(path))
         except DVAEError as err:  # compress_file/decompress_file name the file
-            print(f"dvae {command}: error: {err}", file=sys.stderr)
+            print(f"dvae {command}: error: {one_line(err)}", file=sys.stderr)
             failed += 1
     return 2 if failed else 0
 
 
 def _cli_compress(args: argparse.Namespace) -> int:
-    from .codec import compress_file, load_shipped
+    from .codec import check_out_dir, compress_file, load_shipped
 
     _check_stems(args.images, "compress")
+    check_out_dir(args.out_dir)
     load_shipped(args.model)  # an unknown name fails once, before any file
 
     def work(path: str) -> str:
-        target, enc = compress_file(path, args.out_dir, args.model)
+        target, enc = compress_file(path, args.out_dir, args.model, force=args.force,
+                                    max_pixels=_max_pixels(args))
         return (f"{path} -> {target}: {len(enc.data)} bytes, {enc.bpp:.4f} bpp "
                 f"(−Σlog₂P {enc.estimated_bpp:.4f} bpp), {enc.width}×{enc.height}")
 
@@ -62,12 +68,15 @@ def _cli_compress(args: argparse.Namespace) -> int:
 
 
 def _cli_decompress(args: argparse.Namespace) -> int:
-    from .codec import decompress_file
+    from .codec import check_out_dir, decompress_file
 
     _check_stems(args.files, "decompress")
+    check_out_dir(args.out_dir)
 
     def work(path: str) -> str:
-        target, pixels = decompress_file(path, args.out_dir, args.layers)
+        target, pixels = decompress_file(path, args.out_dir, args.layers,
+                                         force=args.force,
+                                         max_pixels=_max_pixels(args))
         part = "" if args.layers is None else f" (first {args.layers} latent layers)"
         return f"{path} -> {target}: {pixels.shape[1]}×{pixels.shape[0]}{part}"
 
@@ -115,6 +124,33 @@ def _cli_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """``--force`` and ``--max-pixels``, shared by compress and decompress
+    (the default budget is read when the command runs: importing the codec
+    here would slow every ``dvae`` command down by torch's import)."""
+    p.add_argument("--force", action="store_true", help="overwrite existing "
+                   "output files (never the input file being read)")
+    p.add_argument("--max-pixels", type=_positive_int, metavar="N",
+                   help="refuse images larger than N pixels, width × height "
+                   "(default: codec.MAX_PIXELS, 16,777,216 = 4096×4096)")
+
+
+def _max_pixels(args: argparse.Namespace) -> int:
+    from .codec import MAX_PIXELS
+
+    return MAX_PIXELS if args.max_pixels is None else args.max_pixels
+
+
 def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``models``, ``compress``, ``decompress`` and ``evaluate``."""
     p = sub.add_parser("models", help="list the shipped models: NAME FAMILY LMBDA")
@@ -123,10 +159,11 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compress", help="compress images to .dvae files",
                        description="Compress PNG/JPEG images (RGB, gray, RGBA, "
-                       "16-bit; any size) to DIR/<stem>.dvae with a shipped model.")
+                       "16-bit; up to --max-pixels) to DIR/<stem>.dvae with a shipped model.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", required=True, help="a name from `dvae models`")
     p.add_argument("--out-dir", required=True, metavar="DIR")
+    _add_output_options(p)
     p.set_defaults(func=_cli_compress)
 
     p = sub.add_parser("decompress", help="decompress .dvae files to PNG",
@@ -137,6 +174,7 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, metavar="K",
                    help="progressive decoding (hierarchical models): decode only "
                    "the first K latent layers, the rest at their prior means")
+    _add_output_options(p)
     p.set_defaults(func=_cli_decompress)
 
     p = sub.add_parser("evaluate", help="Kodak RD points of shipped models vs JPEG",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import DataError
 
@@ -30,29 +30,75 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 #: 65535 / 255: a 16-bit sample v is the 8-bit sample v / 257.
 _U16_TO_U8 = 257.0
+#: Pillow reads a 16-bit-per-channel colour PNG as 8-bit RGB(A) by keeping
+#: each sample's high byte (v >> 8, a truncation, where 16-bit gray is
+#: rounded). Decoding the file again with the little-endian raw mode of the
+#: same width yields the low bytes, so the full sample can be rounded too.
+_LOW_BYTE_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as RGB: a writable uint8 array of shape (H, W, 3).
 
+    The EXIF orientation is applied (a phone's portrait JPEG, stored
+    sideways with orientation 6, is returned upright, as viewers show it).
     Grayscale, palette and RGBA files go through Pillow's ``convert("RGB")``
     (gray is copied to all three channels; alpha is dropped, not composited).
-    16-bit grayscale (Pillow modes ``I;16*``, ``I``) is rounded to 8 bits as
-    ``v / 257`` (65535 → 255) — Pillow's own ``convert`` would clip it at 255.
+    16-bit samples, gray (Pillow modes ``I;16*``, ``I``) and colour
+    (16-bit RGB and RGBA PNG), are rounded to 8 bits as ``v / 257``
+    (65535 → 255) — Pillow alone would clip gray at 255 and truncate colour.
+
+    Args:
+        max_pixels: refuse a larger image (width × height) before decoding
+            its pixels; ``None``: no limit but Pillow's decompression-bomb check.
 
     Raises:
-        DataError: the file is missing, corrupt or not an image (names it).
+        DataError: the file is missing, corrupt, not an image or over
+            ``max_pixels`` (names it).
     """
     try:
         with Image.open(path) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise DataError(f"image {path} is {img.width}×{img.height} = "
+                                f"{img.width * img.height:,} pixels, over the limit "
+                                f"of {max_pixels:,} pixels")
+            low_rawmode = _low_byte_rawmode(img)
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)
             if img.mode.startswith("I;16") or img.mode == "I":
-                wide = np.asarray(img, dtype=np.float64)
-                gray = np.round(np.clip(wide / _U16_TO_U8, 0, 255)).astype(np.uint8)
+                gray = _round_to_u8(np.asarray(img, dtype=np.float64))
                 return np.repeat(gray[..., None], 3, axis=2)
-            return np.array(img.convert("RGB"))
+            rgb = np.array(img.convert("RGB"))
+        if low_rawmode is not None:
+            return _round_to_u8(rgb * 256.0 + _low_bytes(path, low_rawmode))
+        return rgb
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def _round_to_u8(wide: np.ndarray) -> np.ndarray:
+    """16-bit samples (any numeric dtype) → uint8 ``round(v / 257)``."""
+    return np.round(np.clip(wide / _U16_TO_U8, 0, 255)).astype(np.uint8)
+
+
+def _low_byte_rawmode(img: Image.Image) -> str | None:
+    """For a not yet loaded 16-bit colour PNG, the raw mode that decodes the
+    low bytes of its samples; ``None`` for every other image."""
+    tile = getattr(img, "tile", None) or []
+    if img.format != "PNG" or len(tile) != 1:
+        return None
+    return _LOW_BYTE_RAWMODES.get(tile[0][3])
+
+
+def _low_bytes(path: str | os.PathLike, rawmode: str) -> np.ndarray:
+    """The low bytes of a 16-bit colour PNG's RGB samples, upright (float64)."""
+    with Image.open(path) as img:
+        tile = img.tile[0]  # Pillow ≥ 11: a named tuple; before: a tuple
+        img.tile = [tile._replace(args=rawmode) if hasattr(tile, "_replace")
+                    else (*tile[:3], rawmode)]
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)
+        return np.asarray(img, dtype=np.float64)[..., :3]
 
 
 def to_tensor01(image: np.ndarray) -> torch.Tensor:
