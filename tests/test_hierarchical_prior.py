@@ -266,9 +266,15 @@ def test_dvae_train_freeze_transforms_from_a_single_layer_parent(tmp_path, capsy
     tune = ["train", "--preset", "hier3", "--steps", "1", "--batch", "2", "--patch",
             "64", "--train-dir", str(photos), "--quiet", "--init", str(out),
             "--freeze-transforms", "--rate-warmup", "0", "0"]
-    assert main([*tune, "--out", str(tmp_path / "tuned.pt")]) == 0  # a trained prior
+    assert main([*tune, "--out", str(tmp_path / "tuned.pt"), "--export",
+                 str(tmp_path / "tuned16.pt")]) == 0  # from a trained prior
     tuned = load_checkpoint(tmp_path / "tuned.pt")["recipe"]
     assert tuned["rate_warmup"] == [0, 0] and tuned["parent"]["file"] == "h.pt"
+    # the transforms still come from the single-layer file, which the export shares
+    assert tuned["parent"]["transforms_file"] == "single.pt"
+    assert torch.load(tmp_path / "tuned16.pt", weights_only=True)["shared"]["file"] \
+        == "single.pt"
+    load_model(tmp_path / "tuned16.pt")
     assert main([*tune[:-2], "5", "2", "--out", str(tmp_path / "bad.pt")]) == 2
     assert "0 <= start <= end" in capsys.readouterr().err
     assert main([*args[:4], "4", *args[5:], "--resume"]) == 0  # resumes

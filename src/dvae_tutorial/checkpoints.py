@@ -64,7 +64,9 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict,
     but :func:`fit` cannot resume. A model trained with parts frozen at its
     parent's weights (the recipe's ``frozen``: a hierarchical prior over a
     shipped single-layer model) stores only its own weights and a
-    ``shared`` record (the parent's file, the parts, their SHA-256):
+    ``shared`` record (the parent's file — the ancestor that holds the
+    transforms, when the parent was itself such a prior — the parts, their
+    SHA-256):
     :func:`load_checkpoint` fills them in from the parent, found next to the
     file or among the package's shipped weights, and refuses a parent whose
     weights differ. See: *A discretized VAE codec* (shipped checkpoints).
@@ -79,7 +81,9 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict,
         if recipe.get("frozen") and recipe.get("parent"):  # transforms = the parent's
             prefixes = tuple(f"{name}." for name in recipe["frozen"])
             shared = {k: v for k, v in ema.items() if k.startswith(prefixes)}
-            checkpoint["shared"] = {"file": recipe["parent"]["file"],
+            parent = recipe["parent"]  # the file that holds those transforms
+            checkpoint["shared"] = {"file": parent.get("transforms_file")
+                                    or parent["file"],
                                     "prefixes": list(prefixes),
                                     "sha256": _digest(shared)}
             checkpoint["ema"] = {k: v for k, v in ema.items() if k not in shared}

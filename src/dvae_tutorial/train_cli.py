@@ -220,10 +220,23 @@ def _init_from(model, path: str) -> dict:
         raise DVAEError(f"--init {path} (config {ckpt['model_config']}): {err}") from None
     recipe = ckpt.get("recipe", {})
     return {"file": Path(path).name, "step": ckpt["step"], "widened": widened,
+            "transforms_file": _transforms_file(ckpt, path),
             **{k: recipe.get(k) for k in ("lmbda", "steps", "batch_size", "patch_size",
                                           "device", "world_size", "precision",
                                           "memory_format", "wall_time_s", "git_commit",
                                           "parent")}}
+
+
+def _transforms_file(ckpt: dict, path: Path) -> str:
+    """The file that holds a checkpoint's transforms: its own, or — for a
+    prior trained over frozen transforms — its parent's (recursively), which
+    a shipped file then shares instead of storing them again."""
+    if "shared" in ckpt:
+        return Path(ckpt["shared"]["file"]).name
+    recipe = ckpt.get("recipe") or {}
+    if recipe.get("frozen") and recipe.get("parent"):
+        return recipe["parent"].get("transforms_file") or recipe["parent"]["file"]
+    return Path(path).name
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
