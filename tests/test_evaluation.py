@@ -100,3 +100,27 @@ def test_model_series_drops_the_lambda_suffix():
     assert model_series("single-2.5e3") == "single"
     assert model_series("single-845-narrow") == "single-845-narrow"
     assert model_series("tiny") == "tiny" and model_series("-5") == "-5"
+
+
+def test_series_bd_rates_oracle_a_constant_rate_ratio():
+    """Same PSNRs at 0.8× (and 0.7×) the rates: BD-rate −20 % (−30 %) exactly,
+    since the curves are the same shape shifted in log-rate."""
+    from dvae_tutorial.evaluation import series_bd_rates
+
+    psnr = [26.0, 29.0, 32.0, 35.0]
+    rates = [0.15, 0.35, 0.7, 1.25]
+
+    def rows(name, factor, n=4):
+        return [{"model": f"{name}-{i}", "bpp": r * factor, "psnr": p}
+                for i, (r, p) in enumerate(zip(rates[:n], psnr[:n], strict=True))]
+
+    jpeg = {"bpp": [r * 1.25 for r in rates], "psnr": psnr}
+    table = series_bd_rates(rows("single", 1.0) + rows("hier12", 0.7)
+                            + rows("hier3", 0.8) + rows("tiny", 0.5, n=3), jpeg)
+    assert set(table) == {"single", "hier12", "hier3"}  # tiny: only 3 points
+    assert table["single"] == {"vs_jpeg": pytest.approx(-20.0)}
+    assert table["hier3"] == {"vs_jpeg": pytest.approx(-36.0),
+                              "vs_single": pytest.approx(-20.0)}
+    assert table["hier12"] == {"vs_jpeg": pytest.approx(-44.0),
+                               "vs_single": pytest.approx(-30.0),
+                               "vs_hier3": pytest.approx(-12.5)}

@@ -86,7 +86,7 @@ def _cli_decompress(args: argparse.Namespace) -> int:
 def _cli_evaluate(args: argparse.Namespace) -> int:
     from .codec import shipped_models
     from .data import kodak_images
-    from .evaluation import bd_rate, evaluate_model, jpeg_curve, model_series
+    from .evaluation import evaluate_model, jpeg_curve, series_bd_rates
 
     names = args.model or [i.name for i in shipped_models(args.family)]
     if not names:
@@ -104,16 +104,8 @@ def _cli_evaluate(args: argparse.Namespace) -> int:
               " per image", file=sys.stderr)
     report = {"dataset": f"Kodak ({len(images)} images)", "jpeg": jpeg,
               "models": results, "bd_rate_percent": {}}
-    series: dict[str, list[dict]] = {}  # single-100 … single-5000 form "single"
-    for result in results:
-        series.setdefault(model_series(result["model"]), []).append(result)
-    curves = {k: ([r["bpp"] for r in v], [r["psnr"] for r in v])
-              for k, v in series.items() if len(v) >= 4}  # BD needs 4 points
-    for key, (rates, psnrs) in curves.items():
-        row = {"vs_jpeg": bd_rate(jpeg["bpp"], jpeg["psnr"], rates, psnrs)}
-        if "single" in curves and key != "single":
-            row["vs_single"] = bd_rate(*curves["single"], rates, psnrs)
-        report["bd_rate_percent"][key] = row
+    report["bd_rate_percent"] = series_bd_rates(results, jpeg)
+    for key, row in report["bd_rate_percent"].items():
         print(f"{key}: BD-rate " + ", ".join(f"{k.replace('_', ' ')} {v:+.1f} %"
                                               for k, v in row.items()), file=sys.stderr)
     text = json.dumps(report, indent=1)

@@ -180,6 +180,35 @@ def model_series(name: str) -> str:
     return stem or name
 
 
+def series_bd_rates(results: Sequence[dict], jpeg: dict) -> dict[str, dict[str, float]]:
+    """BD-rates (%) of every series of :func:`evaluate_model` results with at
+    least four points (a cubic needs four): ``vs_jpeg`` against ``jpeg``
+    (``{"bpp": [...], "psnr": [...]}``), ``vs_single`` against the ``single``
+    series, and a hierarchical series against every shallower one
+    (``hier12`` ``vs_hier3``). Negative: fewer bits for the same PSNR.
+    """
+    series: dict[str, list[dict]] = {}  # single-100 … single-5000 form "single"
+    for result in results:
+        series.setdefault(model_series(result["model"]), []).append(result)
+    curves = {k: ([r["bpp"] for r in v], [r["psnr"] for r in v])
+              for k, v in series.items() if len(v) >= 4}
+
+    def depth(name: str) -> int:  # "hier12" -> 12; 0 for a name without digits
+        digits = "".join(c for c in name if c.isdigit())
+        return int(digits) if digits else 0
+
+    table = {}
+    for key, (rates, psnrs) in curves.items():
+        row = {"vs_jpeg": bd_rate(jpeg["bpp"], jpeg["psnr"], rates, psnrs)}
+        for other in curves:
+            if other != key and (other == "single" or (
+                    key.startswith("hier") and other.startswith("hier")
+                    and depth(other) < depth(key))):
+                row[f"vs_{other}"] = bd_rate(*curves[other], rates, psnrs)
+        table[key] = row
+    return table
+
+
 #: Published Kodak RD numbers shipped with the package (numbers only, cited).
 PUBLISHED_FILE = "reference/kodak_published.json"
 
