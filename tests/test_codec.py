@@ -647,3 +647,17 @@ def test_max_pixels_option(models, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["decompress", "--help"])
     assert f"{codec.MAX_PIXELS:,}" in capsys.readouterr().out
+
+
+def test_shipped_transforms_are_channels_last_with_the_same_weights_and_pixels():
+    from dvae_tutorial.checkpoints import load_model
+
+    name = "single-100"
+    shipped = codec.load_shipped(name)
+    plain = load_model(codec.WEIGHTS_DIR / f"{name}.pt")
+    weight = shipped.g_s[0].weight
+    assert weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.g_s[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert codec.fingerprint(shipped) == codec.fingerprint(plain)
+    data = codec.compress(photo(64, 96, seed=3), name).data
+    assert np.array_equal(codec.decompress(data), codec.decompress(data, plain))
