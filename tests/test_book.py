@@ -127,3 +127,28 @@ def test_ci_script_runs_the_readme_commands(which: str):
     command = re.search(rf"<!-- {which} -->\s*```(?:bash)?\n(.+?)\n```", readme, re.S)
     assert command, f"README must mark its {which}"
     assert command.group(1).strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_prefaces_lambda_table_says_what_the_package_computes():
+    """The preface's conversion table is prose; its numbers must be the
+    functions' (a retuned convention or a typo fails here)."""
+    from dvae_tutorial.losses import (
+        lmbda_per_sample,
+        lmbda_to_8bit,
+        lmbda_to_qres,
+        lmbda_to_sigma,
+    )
+
+    text = (ROOT / "book" / "preface.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip()
+            for line in text.splitlines() if line.startswith("| ") and "845" not in
+            line.split("|")[1]}
+    lmbda = 845.0
+    assert rows["This book, chapters 4–6"] == "845"
+    assert rows["Chapter 1 (per sample)"] == f"{lmbda_per_sample(lmbda):.1f}"
+    assert rows["CompressAI, Ballé et al. 2018, Minnen et al. 2018"] \
+        == f"{lmbda_to_8bit(lmbda):.4f}"
+    assert rows["QRes-VAE (Duan et al. 2023)"] == f"{lmbda_to_qres(lmbda):.1f}"
+    sigma = lmbda_to_sigma(lmbda)
+    assert rows["Gaussian emission (chapters 1, 4)"] \
+        == f"σ = {sigma:.4f} ({255 * sigma:.1f} on 0–255)"

@@ -121,6 +121,21 @@ def lmbda_from_8bit(lmbda_8bit: float) -> float:
     return lmbda_8bit * MSE_SCALE_8BIT
 
 
+def lmbda_to_qres(lmbda: float) -> float:
+    """QRes-VAE's λ for the book's ``lmbda``: its loss is nats per dimension
+    (colour sample) plus λ·MSE on images in [−1, 1], which is
+    ``(ln 2 / 3) · (bpp + (12 / ln 2) λ_QRes · MSE on [0, 1])``, so
+    ``λ_QRes = lmbda · ln 2 / 12`` (845 → 48.8)."""
+    return lmbda * LN2 / 12.0
+
+
+def lmbda_per_sample(lmbda: float, channels: int = RGB_CHANNELS) -> float:
+    """Chapter 1's λ, bits per unit of squared error of one sample, for the
+    book's ``lmbda`` (bpp, MSE averaged over ``channels`` samples a pixel):
+    ``bpp + lmbda·MSE = C · (bits per sample + (lmbda / C) · squared error)``."""
+    return lmbda / channels
+
+
 def implied_lmbda(rates, distortions) -> np.ndarray:
     """The λ each segment of an operational R–D curve stands for: ``-ΔR / ΔD``.
 
