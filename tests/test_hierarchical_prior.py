@@ -112,10 +112,10 @@ def test_compress_decompress_equals_the_eval_forward_and_its_bits():
                                model.g_a(F.pad(x, (0, 28, 0, 26), mode="replicate"))
                                .double(), rtol=0, atol=0)
     assert comp.bits == pytest.approx(float(sum(out.bits.values())), rel=1e-12)
-    # one 18-byte header and the range coder's last two words for all 4 layers
+    # one header of 8-10 bytes and the range coder's last words for all 4 layers
     stream_bits = 8 * len(comp.strings[0])
     assert comp.bits > 200 and comp.bits <= stream_bits <= comp.bits * 1.01 + 8 * 26
-    assert sum(comp.layer_bits) <= stream_bits - 8 * 18
+    assert sum(comp.layer_bits) <= stream_bits - 8 * 8
     with pytest.raises(CodingError, match="reads one stream"):
         model.decompress(comp.strings * 2, comp.shape)
 
@@ -129,7 +129,7 @@ def test_a_damaged_stream_is_refused_not_decoded_to_garbage():
                      (bytes(flipped), "checksum|corrupt|left after")):
         with pytest.raises(CodingError, match=why):
             model.decompress([bad], (64, 96))
-    with pytest.raises(CodingError, match="symbols"):  # another image size
+    with pytest.raises(CodingError, match="corrupt|checksum|left after|more symbols"):  # another size
         model.decompress([data], (128, 96))
 
 

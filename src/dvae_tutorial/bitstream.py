@@ -66,7 +66,15 @@ MAX_HEADER_BYTES = (len(MAGIC) + 3 * _U8.size + MAX_NAME_BYTES + _F32.size
                     + _U32.size)
 
 
-def _varint(value: int) -> bytes:
+def read_varint(data: bytes, pos: int, field: str) -> tuple[int, int]:
+    """The varint of :func:`varint` at ``data[pos:]`` and the position after it;
+    CodingError naming ``field`` when it is truncated or invalid."""
+    reader = _Reader(data)
+    reader.pos = pos
+    return reader.varint(field), reader.pos
+
+
+def varint(value: int) -> bytes:
     """Unsigned LEB128 of ``0 <= value < 2**32``."""
     if not 0 <= value < 2**32:
         raise CodingError(f"a header field is out of range: {value}")
@@ -125,13 +133,13 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
         out += _U8.pack(len(name)) + name + _F32.pack(header.lmbda) + header.fingerprint
     except (struct.error, OverflowError) as err:
         raise CodingError(f"a header field is out of range: {err}") from None
-    out += _varint(header.height) + _varint(header.width)
+    out += varint(header.height) + varint(header.width)
     out += _U8.pack(len(streams))
     for shape, stream in zip(header.shapes, streams, strict=True):
         if not 0 < len(shape) <= MAX_NDIM:
             raise CodingError(f"a latent shape needs 1–{MAX_NDIM} dimensions")
-        out += _U8.pack(len(shape)) + b"".join(_varint(d) for d in shape)
-        out += _varint(len(stream))
+        out += _U8.pack(len(shape)) + b"".join(varint(d) for d in shape)
+        out += varint(len(stream))
     out += _U32.pack(zlib.crc32(out))
     return bytes(out) + b"".join(streams)
 

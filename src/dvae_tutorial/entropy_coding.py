@@ -44,6 +44,7 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 
 from . import rans
+from .bitstream import read_varint, varint
 from .distributions import SCALE_LOWER_BOUND, discretized_gaussian_bits
 from .distributions import discretized_gaussian_log_mass as _log_mass
 from .errors import CodingError
@@ -90,6 +91,8 @@ _MAGIC = 0xE1  # "E"ntropy-coded stream, format version 1
 #: escape bytes, CRC32 of (payload, escapes, symbols).
 _HEADER = struct.Struct("<BBIIII")
 _ESCAPE_MAX_BITS = (2 * MAX_ABS_VALUE + 2).bit_length()
+#: A layered stream's header: magic, coder id, then two varints and a CRC-32.
+_LAYERED_HEAD, _CRC = struct.Struct("<BB"), struct.Struct("<I")
 
 
 def scale_index(scales: ArrayLike) -> np.ndarray:
@@ -423,7 +426,8 @@ class LayeredEncoder:
     words ``L`` times — at 0.13 bpp on a Kodak image, 12 layers made the file
     6 % larger than ``−Σ log₂ P``. Here the layers share one range coder (a
     queue: the decoder reads them in the order they were written), one escape
-    section and one header, whose CRC-32 covers every symbol. Call
+    section and one header of 8–10 bytes (lengths as varints, no symbol
+    count), whose CRC-32 covers every symbol. Call
     :meth:`encode` once per layer, in decoding order, then :meth:`finish`;
     :class:`LayeredDecoder` reads them back. ``layer_bits`` holds what each
     layer added to the payload (whole 32-bit words, as the coder counts).
@@ -455,28 +459,29 @@ class LayeredEncoder:
         self._excess += excess
 
     def finish(self) -> bytes:
-        """The stream: header, payload, escape section (as :class:`FastCoder`'s)."""
+        """The stream: a compact header (magic, coder id, payload and escape
+        lengths as varints, CRC-32 — no symbol count, which the decoder knows
+        from the layers' shapes), the payload, the escape section."""
         payload = self._encoder.get_compressed().astype("<u4").tobytes()
         escapes = rans.gamma_encode(self._excess)
         sym = np.concatenate(self._symbols) if self._symbols else np.zeros(0, np.int64)
         crc = _checksum(payload + escapes, sym)
-        return _HEADER.pack(_MAGIC, self.coder_id, sym.size, len(payload),
-                            len(escapes), crc) + payload + escapes
+        return (_LAYERED_HEAD.pack(_MAGIC, self.coder_id) + varint(len(payload))
+                + varint(len(escapes)) + _CRC.pack(crc) + payload + escapes)
 
 
 class LayeredDecoder:
     """Reads a :class:`LayeredEncoder` stream back, one layer at a time.
 
     ``count`` is the total number of symbols the decoder expects (the sum of
-    the layers' sizes; the header must say the same). :meth:`decode` may stop
+    the layers' sizes, from their shapes; the header does not repeat it). :meth:`decode` may stop
     after any layer (progressive decoding); :meth:`finish`, after the last,
     checks that the payload and escapes are used up and the CRC-32 matches.
     Every problem raises :class:`~dvae_tutorial.errors.CodingError`.
     """
 
     def __init__(self, data: bytes, count: int) -> None:
-        payload, escapes, self._crc = _split_stream(data, LayeredEncoder.coder_id,
-                                                    count)
+        payload, escapes, self._crc = _split_layered(data)
         self._body = payload + escapes
         self._decoder = _range_decoder(payload)
         self._escapes = rans.GammaReader(escapes)
@@ -629,6 +634,31 @@ def _split_stream(data: bytes, coder_id: int, n: int) -> tuple[bytes, bytes, int
             raise CodingError(why)
     body = data[_HEADER.size :]
     return body[:n_payload], body[n_payload:], crc
+
+
+def _split_layered(data: bytes) -> tuple[bytes, bytes, int]:
+    """Check a :class:`LayeredEncoder` stream's header; (payload, escapes, CRC)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodingError(f"expected the stream as bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < _LAYERED_HEAD.size:
+        raise CodingError(f"stream of {len(data)} bytes is shorter than its header "
+                          "(empty or truncated)")
+    magic, coder = _LAYERED_HEAD.unpack_from(data)
+    if magic != _MAGIC:
+        raise CodingError("not an entropy-coded stream of this package (bad magic)")
+    if coder != LayeredEncoder.coder_id:
+        raise CodingError(f"stream was written by coder {coder}, not "
+                          f"{LayeredEncoder.coder_id} (one stream for all layers)")
+    n_payload, pos = read_varint(data, _LAYERED_HEAD.size, "payload length")
+    n_escapes, pos = read_varint(data, pos, "escape length")
+    if len(data) < pos + _CRC.size:
+        raise CodingError("stream is truncated inside its header")
+    (crc,), pos = _CRC.unpack_from(data, pos), pos + _CRC.size
+    if len(data) != pos + n_payload + n_escapes:
+        raise CodingError("stream length does not match its header (truncated or "
+                          "extended)")
+    return data[pos:pos + n_payload], data[pos + n_payload:], crc
 
 
 def _checksum(body: bytes, symbols: np.ndarray) -> int:
