@@ -299,3 +299,18 @@ def test_the_rate_warm_up_weighs_the_z_bits_from_0_to_1():
         assert stage.step == step + 1
     with pytest.raises(DVAEError, match="0 <= start <= end"):
         PriorTraining(model, (5, 2))
+
+
+def test_the_prior_does_not_depend_on_the_latents_memory_layout():
+    """Shipped transforms are channels-last; the prior's noise and outputs must
+    be those of the contiguous latent (same seed, same draws)."""
+    model = _model().train()
+    y = torch.randn(1, TINY_P.latent_channels, 4, 8) * 2
+    out = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(3)
+        bits, y_q = model.prior.bits(y.contiguous(memory_format=layout))
+        out.append((bits, y_q))
+    for name in out[0][0]:
+        torch.testing.assert_close(out[0][0][name], out[1][0][name], rtol=0, atol=0)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=0, atol=0)

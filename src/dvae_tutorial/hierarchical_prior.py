@@ -177,6 +177,8 @@ class LatentHierarchy(nn.Module):
         ``l``'s value (``l = L - 1`` is ``y``, whose ``post_mean`` is ``y``).
         """
         top = STAGE_FACTOR ** (len(self.latent) - 1)
+        if y is not None:  # one memory layout, whatever g_a's (channels-last when shipped):
+            y = y.contiguous()  # random draws like rand_like(post) follow the layout
         features = None if y is None else self.encode(y)
         h = self.bias.expand(batch, -1, size[0] // top, size[1] // top)
         latents, means, scales = [], [], []
