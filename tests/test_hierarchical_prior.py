@@ -32,6 +32,7 @@ from dvae_tutorial.configs import (
     ModelConfig,
     TrainConfig,
 )
+from dvae_tutorial.entropy_coding import encode_latents
 from dvae_tutorial.errors import CodingError, DVAEError
 from dvae_tutorial.hierarchical_prior import HierarchicalPriorVAE, PriorTraining
 from dvae_tutorial.latent_cache import LatentCrops, cache_latents
@@ -112,10 +113,10 @@ def test_compress_decompress_equals_the_eval_forward_and_its_bits():
                                model.g_a(F.pad(x, (0, 28, 0, 26), mode="replicate"))
                                .double(), rtol=0, atol=0)
     assert comp.bits == pytest.approx(float(sum(out.bits.values())), rel=1e-12)
-    # one header of 8-10 bytes and the range coder's last words for all 4 layers
+    # one header of 7-9 bytes and the range coder's last words for all 4 layers
     stream_bits = 8 * len(comp.strings[0])
     assert comp.bits > 200 and comp.bits <= stream_bits <= comp.bits * 1.01 + 8 * 26
-    assert sum(comp.layer_bits) <= stream_bits - 8 * 8
+    assert sum(comp.layer_bits) <= stream_bits - 8 * 7
     with pytest.raises(CodingError, match="reads one stream"):
         model.decompress(comp.strings * 2, comp.shape)
 
@@ -131,6 +132,9 @@ def test_a_damaged_stream_is_refused_not_decoded_to_garbage():
             model.decompress([bad], (64, 96))
     with pytest.raises(CodingError, match="corrupt|checksum|left after|more symbols"):  # another size
         model.decompress([data], (128, 96))
+    one_layer = encode_latents(torch.zeros(1, 4, 2, 2), 0.0, 1.0)  # a FastCoder stream
+    with pytest.raises(CodingError, match="stream of one layer"):
+        model.decompress([one_layer], (64, 96))
 
 
 def test_decoding_does_not_depend_on_the_thread_count():

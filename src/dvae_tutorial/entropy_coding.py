@@ -91,8 +91,10 @@ _MAGIC = 0xE1  # "E"ntropy-coded stream, format version 1
 #: escape bytes, CRC32 of (payload, escapes, symbols).
 _HEADER = struct.Struct("<BBIIII")
 _ESCAPE_MAX_BITS = (2 * MAX_ABS_VALUE + 2).bit_length()
-#: A layered stream's header: magic, coder id, then two varints and a CRC-32.
-_LAYERED_HEAD, _CRC = struct.Struct("<BB"), struct.Struct("<I")
+#: A layered stream's header: one byte that names the kind and its version (the
+#: coder is the range coder), then two varints and a CRC-32.
+_LAYERED_MAGIC = 0xE3
+_LAYERED_HEAD, _CRC = struct.Struct("<B"), struct.Struct("<I")
 
 
 def scale_index(scales: ArrayLike) -> np.ndarray:
@@ -426,7 +428,7 @@ class LayeredEncoder:
     words ``L`` times — at 0.13 bpp on a Kodak image, 12 layers made the file
     6 % larger than ``−Σ log₂ P``. Here the layers share one range coder (a
     queue: the decoder reads them in the order they were written), one escape
-    section and one header of 8–10 bytes (lengths as varints, no symbol
+    section and one header of 7–9 bytes (lengths as varints, no symbol
     count), whose CRC-32 covers every symbol. Call
     :meth:`encode` once per layer, in decoding order, then :meth:`finish`;
     :class:`LayeredDecoder` reads them back. ``layer_bits`` holds what each
@@ -434,8 +436,6 @@ class LayeredEncoder:
 
     See: *Hierarchical VAEs* (bits per layer from real streams).
     """
-
-    coder_id = 3
 
     def __init__(self) -> None:
         self._encoder = constriction.stream.queue.RangeEncoder()
@@ -459,14 +459,15 @@ class LayeredEncoder:
         self._excess += excess
 
     def finish(self) -> bytes:
-        """The stream: a compact header (magic, coder id, payload and escape
-        lengths as varints, CRC-32 — no symbol count, which the decoder knows
-        from the layers' shapes), the payload, the escape section."""
+        """The stream: a compact header (one magic byte for the kind and
+        version, payload and escape lengths as varints, CRC-32 — no symbol
+        count, which the decoder knows from the layers' shapes), the payload,
+        the escape section."""
         payload = self._encoder.get_compressed().astype("<u4").tobytes()
         escapes = rans.gamma_encode(self._excess)
         sym = np.concatenate(self._symbols) if self._symbols else np.zeros(0, np.int64)
         crc = _checksum(payload + escapes, sym)
-        return (_LAYERED_HEAD.pack(_MAGIC, self.coder_id) + varint(len(payload))
+        return (_LAYERED_HEAD.pack(_LAYERED_MAGIC) + varint(len(payload))
                 + varint(len(escapes)) + _CRC.pack(crc) + payload + escapes)
 
 
@@ -644,12 +645,12 @@ def _split_layered(data: bytes) -> tuple[bytes, bytes, int]:
     if len(data) < _LAYERED_HEAD.size:
         raise CodingError(f"stream of {len(data)} bytes is shorter than its header "
                           "(empty or truncated)")
-    magic, coder = _LAYERED_HEAD.unpack_from(data)
-    if magic != _MAGIC:
+    (magic,) = _LAYERED_HEAD.unpack_from(data)
+    if magic == _MAGIC:
+        raise CodingError("this is a stream of one layer, not one stream for all "
+                          "layers (a file of another model?)")
+    if magic != _LAYERED_MAGIC:
         raise CodingError("not an entropy-coded stream of this package (bad magic)")
-    if coder != LayeredEncoder.coder_id:
-        raise CodingError(f"stream was written by coder {coder}, not "
-                          f"{LayeredEncoder.coder_id} (one stream for all layers)")
     n_payload, pos = read_varint(data, _LAYERED_HEAD.size, "payload length")
     n_escapes, pos = read_varint(data, pos, "escape length")
     if len(data) < pos + _CRC.size:
