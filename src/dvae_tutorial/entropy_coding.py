@@ -446,9 +446,7 @@ class LayeredEncoder:
     def encode(self, y: Tensor, mean: Tensor | float, scale: Tensor | float) -> None:
         """Append one layer: symbols ``round(y - mean)`` under N(0, scale²), as
         :func:`encode_latents`."""
-        mean, scale = torch.as_tensor(mean).detach(), torch.as_tensor(scale).detach()
-        sym = _integers(to_symbols(y.detach(), mean).cpu().numpy())
-        scales = torch.broadcast_to(scale.cpu().double(), sym.shape).numpy()
+        sym, scales = _latent_symbols(y, mean, scale)
         centre, si, oi = _parameters(0.0, scales, sym.shape)
         sym = sym.ravel()
         coded, excess = _clip_escapes(sym - centre, si)
@@ -502,9 +500,7 @@ class LayeredDecoder:
         coded = FastCoder._decode_from(self._decoder, si, oi)
         sym = _restore_escapes(coded, si, self._escapes) + centre
         self._symbols.append(sym)
-        return from_symbols(
-            torch.from_numpy(sym.reshape(shape).astype(np.int32)).to(mean.device), mean
-        )
+        return _latents_from(sym.reshape(shape), mean)
 
     def finish(self) -> None:
         """After the last layer: CodingError unless every symbol, payload word and
@@ -543,10 +539,8 @@ def encode_latents(
 
     See: *Discretized priors and entropy coding*.
     """
-    mean, scale = torch.as_tensor(mean).detach(), torch.as_tensor(scale).detach()
-    symbols = to_symbols(y.detach(), mean).cpu()
-    scales = torch.broadcast_to(scale.cpu().double(), symbols.shape).numpy()
-    return (coder or FastCoder()).encode(symbols.numpy(), 0.0, scales)
+    symbols, scales = _latent_symbols(y, mean, scale)
+    return (coder or FastCoder()).encode(symbols, 0.0, scales)
 
 
 def decode_latents(
@@ -577,9 +571,7 @@ def decode_latents(
         shape = torch.broadcast_shapes(mean.shape, scale.shape)
     scales = torch.broadcast_to(scale.cpu().double(), tuple(shape)).numpy()
     symbols = (coder or FastCoder()).decode(data, np.zeros(tuple(shape)), scales)
-    return from_symbols(
-        torch.from_numpy(symbols.astype(np.int32)).to(mean.device), mean
-    )
+    return _latents_from(symbols, mean)
 
 
 def _integers(symbols: ArrayLike) -> np.ndarray:
@@ -613,9 +605,7 @@ def _split_stream(data: bytes, coder_id: int, n: int) -> tuple[bytes, bytes, int
 
     Returns (payload, escape section, CRC32); raises :class:`CodingError`.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise CodingError(f"expected the stream as bytes, got {type(data).__name__}")
-    data = bytes(data)
+    data = _as_bytes(data)
     if len(data) < _HEADER.size:
         raise CodingError(
             f"stream of {len(data)} bytes is shorter than its "
@@ -639,9 +629,7 @@ def _split_stream(data: bytes, coder_id: int, n: int) -> tuple[bytes, bytes, int
 
 def _split_layered(data: bytes) -> tuple[bytes, bytes, int]:
     """Check a :class:`LayeredEncoder` stream's header; (payload, escapes, CRC)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise CodingError(f"expected the stream as bytes, got {type(data).__name__}")
-    data = bytes(data)
+    data = _as_bytes(data)
     if len(data) < _LAYERED_HEAD.size:
         raise CodingError(f"stream of {len(data)} bytes is shorter than its header "
                           "(empty or truncated)")
@@ -702,3 +690,23 @@ def _check_exhausted(decoder) -> None:
             "range-coded payload has data left after the last symbol: the "
             "stream is corrupt or was decoded with other means/scales"
         )
+
+
+def _latent_symbols(y: Tensor, mean, scale) -> tuple[np.ndarray, np.ndarray]:
+    """Latents → (int symbols ``round(y - mean)``, their scales as float64),
+    NumPy arrays of ``y``'s shape: what a coder codes under N(0, scale²)."""
+    mean, scale = torch.as_tensor(mean).detach(), torch.as_tensor(scale).detach()
+    symbols = _integers(to_symbols(y.detach(), mean).cpu().numpy())
+    return symbols, torch.broadcast_to(scale.cpu().double(), symbols.shape).numpy()
+
+
+def _latents_from(symbols: np.ndarray, mean) -> Tensor:
+    """Decoded symbols → ``y_hat = symbols + mean`` on ``mean``'s device."""
+    mean = torch.as_tensor(mean).detach()
+    return from_symbols(torch.from_numpy(symbols.astype(np.int32)).to(mean.device), mean)
+
+
+def _as_bytes(data) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodingError(f"expected the stream as bytes, got {type(data).__name__}")
+    return bytes(data)
