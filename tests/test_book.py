@@ -47,6 +47,9 @@ def _resolve(entry: str) -> Path:
 
 
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+#: The numbered chapters; the other notebooks are appendices.
+CHAPTERS = [nb for nb in NOTEBOOKS if nb.name[:2].isdigit()]
+APPENDICES = [nb for nb in NOTEBOOKS if nb not in CHAPTERS]
 
 
 def _cells(nb: Path) -> list[dict]:
@@ -77,7 +80,7 @@ def test_config_has_colab_button_math_bibliography_and_no_intersphinx():
     assert config["execute"]["execute_notebooks"] in {"force", "cache"}
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.name)
 def test_chapter_conventions(nb: Path):
     cells = _cells(nb)
     first = _text(cells[0])
@@ -100,7 +103,39 @@ def test_chapter_is_committed_executed_without_errors(nb: Path):
     assert all(c.get("execution_count") for c in code), "not every cell was executed"
     outputs = [o for c in code for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure"
+    if nb in CHAPTERS:
+        assert any("image/png" in o.get("data", {}) for o in outputs), "no figure"
+
+
+@pytest.mark.parametrize("nb", APPENDICES, ids=lambda p: p.name)
+def test_appendix_conventions(nb: Path):
+    """An appendix notebook opens with its title and the setup cell (it runs
+    in Colab too) and is listed under the "Appendices" caption."""
+    cells = _cells(nb)
+    assert cells[0]["cell_type"] == "markdown"
+    assert _text(cells[0]).startswith("# Appendix")
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert _text(code[0]).strip() == SETUP_CELL, "first code cell is not the setup cell"
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    [appendices] = [p for p in toc["parts"] if p.get("caption") == "Appendices"]
+    entries = [c["file"] for c in appendices["chapters"]]
+    assert f"book/{nb.stem}" in entries
+    assert entries[-1] == "book/bibliography", "the bibliography comes last"
+
+
+def test_training_history_appendix_is_generated_not_typed():
+    """The appendix's tables are rendered by its code from the checkpoints:
+    its markdown cells hold no table, its outputs name every shipped model."""
+    from dvae_tutorial import codec
+
+    cells = _cells(ROOT / "book" / "appendix_training_history.ipynb")
+    prose = "\n".join(_text(c) for c in cells if c["cell_type"] == "markdown")
+    assert "|---" not in prose, "a typed table"
+    rendered = "\n".join(
+        "".join(o.get("data", {}).get("text/markdown", ""))
+        for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
+    for info in codec.shipped_models():
+        assert f"`{info.name}`" in rendered, f"{info.name} is not in the appendix"
 
 
 def test_every_citation_is_in_the_bibliography():

@@ -261,3 +261,125 @@ def lineage(recipe: dict) -> list[dict]:
                      "wall_time_s": node.get("wall_time_s") or 0.0})
         node = node.get("parent")
     return runs[::-1]
+
+
+def preset_name(config) -> str | None:
+    """The ``dvae train --preset`` whose architecture ``config`` is, or None.
+
+    A hierarchical prior (``hier3``, ``hier12``) takes its transforms' sizes
+    from its parent, so only its prior's layout is compared."""
+    from dataclasses import asdict
+
+    from .configs import HIERARCHICAL_PRESETS, PRESETS, HierarchicalPriorConfig
+
+    transforms = {"channels", "latent_channels", "gdn"}
+    own = asdict(config)
+    for name, preset in {**PRESETS, **HIERARCHICAL_PRESETS}.items():
+        if type(preset.model) is not type(config):
+            continue
+        theirs = asdict(preset.model)
+        if isinstance(config, HierarchicalPriorConfig):
+            own_prior = {k: v for k, v in own.items() if k not in transforms}
+            if own_prior == {k: v for k, v in theirs.items() if k not in transforms}:
+                return name
+        elif own == theirs:
+            return name
+    return None
+
+
+def _runs(name: str, ckpt: dict) -> list[dict]:
+    """The runs that made a checkpoint, oldest first: the file each saved, the
+    steps it trained (of those planned), its batch, crop, device, precision,
+    wall time and commit, and the run it started from (``--init``: a file and
+    its step) with the number of tensors it widened from it."""
+    runs = []
+    node, saved_as, step = ckpt.get("recipe") or {}, name, ckpt.get("step")
+    while node:
+        parent = node.get("parent") or None
+        runs.append({
+            "file": saved_as, "step": step if step is not None else node.get("steps"),
+            "steps": node.get("steps"), "lmbda": node.get("lmbda"),
+            "batch_size": node.get("batch_size"), "patch_size": node.get("patch_size"),
+            "device": node.get("device"), "precision": node.get("precision"),
+            "memory_format": node.get("memory_format"),
+            "wall_time_s": node.get("wall_time_s"), "git_commit": node.get("git_commit"),
+            "init": None if parent is None else (parent.get("file"), parent.get("step")),
+            "widened": 0 if parent is None else len(parent.get("widened") or []),
+        })
+        if parent is None:
+            break
+        node, saved_as, step = parent, parent.get("file"), parent.get("step")
+    return runs[::-1]
+
+
+def training_history(paths=None) -> list[dict]:
+    """How each checkpoint was made, read from its recipe and lineage: one
+    dict per file, for a table of the shipped models (the appendix *Training
+    history* renders it).
+
+    Args:
+        paths: checkpoint files; by default the shipped models
+            (``weights/*.pt``), ordered by family and λ.
+
+    Returns:
+        Per file: ``name``, ``family``, ``lmbda``, ``preset`` (or None),
+        ``config`` (the architecture as a dict), ``parameters`` and
+        ``trained_parameters`` (less the parts frozen at the parent's
+        weights), ``init`` (``(file, step)`` of the ``--init`` parent, or
+        None), ``widened`` (tensors widened from it), ``transforms_file``
+        (for a prior over frozen transforms: the file that holds them),
+        ``frozen``, the last run's ``step`` (trained), ``steps`` (planned),
+        ``batch_size``, ``patch_size``, ``latent_crop``, ``lr``,
+        ``warmup_steps`` (learning-rate warm-up), ``rate_warmup`` (the ``z``
+        layers' rate warm-up, hierarchical priors), ``precision``,
+        ``memory_format``, ``device``, ``wall_time_s``, ``train_images``,
+        ``date``, ``git_commit``, ``file_bytes``; ``runs``, every run of the
+        lineage oldest first (see :func:`_runs`), and their ``total_steps``
+        and ``total_wall_time_s``.
+    """
+    from dataclasses import asdict
+
+    from .layers import count_parameters
+
+    if paths is None:
+        paths = sorted(PACKAGE_WEIGHTS.glob("*.pt"))
+    rows = []
+    for path in map(Path, paths):
+        ckpt = load_checkpoint(path)
+        recipe, train = ckpt.get("recipe") or {}, ckpt.get("train_config") or {}
+        config = model_config(ckpt)
+        model = build_model(config)
+        frozen = list(recipe.get("frozen") or [])
+        parameters = count_parameters(model)
+        trained = parameters - sum(count_parameters(getattr(model, part))
+                                   for part in frozen if hasattr(model, part))
+        parent = recipe.get("parent") or None
+        runs = _runs(path.name, ckpt)
+        rows.append({
+            "name": path.stem, "family": ckpt.get("family") or "single",
+            "lmbda": recipe.get("lmbda", train.get("lmbda")),
+            "preset": preset_name(config), "config": asdict(config),
+            "parameters": parameters, "trained_parameters": trained,
+            "init": None if parent is None else (parent.get("file"), parent.get("step")),
+            "widened": 0 if parent is None else len(parent.get("widened") or []),
+            "transforms_file": (ckpt["shared"]["file"] if "shared" in ckpt else None),
+            "frozen": frozen, "step": ckpt.get("step"),
+            "steps": recipe.get("steps", train.get("steps")),
+            "batch_size": recipe.get("batch_size", train.get("batch_size")),
+            "patch_size": recipe.get("patch_size", train.get("patch_size")),
+            "latent_crop": recipe.get("latent_crop"),
+            "lr": train.get("lr"), "warmup_steps": train.get("warmup_steps"),
+            "rate_warmup": (tuple(recipe["rate_warmup"]) if recipe.get("rate_warmup")
+                            is not None else None),
+            "precision": recipe.get("precision"),
+            "memory_format": recipe.get("memory_format"),
+            "device": recipe.get("device"), "wall_time_s": recipe.get("wall_time_s"),
+            "train_images": recipe.get("train_images"), "date": recipe.get("date"),
+            "git_commit": recipe.get("git_commit"), "file_bytes": path.stat().st_size,
+            "runs": runs, "total_steps": sum(r["step"] or 0 for r in runs),
+            "total_wall_time_s": sum(r["wall_time_s"] or 0.0 for r in runs),
+        })
+    order = {"single": 0, "hierarchical": 1}
+    if paths is None or all(Path(p).parent == PACKAGE_WEIGHTS for p in paths):
+        rows.sort(key=lambda r: (order.get(r["family"], 2), r["lmbda"] or 0, r["name"]))
+    return rows
