@@ -25,7 +25,8 @@ thread), the same synthesis output to the bit, and an analysis output within
 
 Files come from anywhere, so nothing a header says is used before it is
 checked: the model's name is looked up among the shipped names (never
-joined into a path), λ must be finite and positive, the image must fit the
+joined into a path), λ must be finite and positive (and the shipped
+model's own λ, to float32 precision), the image must fit the
 pixel budget :data:`MAX_PIXELS` and the streams the image, the family,
 fingerprint and latent shapes must be the model's — a crafted header is
 refused before anything is allocated for it. ``decompress_file`` reads a
@@ -43,6 +44,7 @@ import hashlib
 import io
 import math
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,9 +155,8 @@ def _shipped_names() -> str:
 @functools.lru_cache(maxsize=8)
 def _load(path: Path, mtime_ns: int, size: int) -> torch.nn.Module:
     model = load_model(path)
-    for part in ("g_a", "g_s"):  # the transforms in channels-last layout
-        if hasattr(model, part):
-            getattr(model, part).to(memory_format=torch.channels_last)
+    if hasattr(model, "g_a"):  # the analysis transform in channels-last layout
+        model.g_a.to(memory_format=torch.channels_last)
     return model
 
 
@@ -280,11 +281,11 @@ def decompress(data: bytes, model: torch.nn.Module | None = None,
     check_header(header, max_pixels, lmbda_recorded=model is None)
     model = _header_model(header, model)
     size = (header.height, header.width)
-    if layers is None:
-        x_hat = model.decompress(streams, size)
-    elif not hasattr(model, "decompress_progressive"):
+    if layers is not None and not hasattr(model, "decompress_progressive"):
         raise DVAEError(f"progressive decoding needs a hierarchical model; "
                         f"{_quote(header.model)} is a {header.family} model")
+    if layers is None:
+        x_hat = model.decompress(streams, size)
     else:
         x_hat = model.decompress_progressive(streams, size, layers)
     return to_uint8(x_hat[0].permute(1, 2, 0))  # HWC: (3, 1, 1) is ambiguous
@@ -332,6 +333,11 @@ def _header_model(header: bitstream.Header,
             raise CodingError(f"the file was written by model {_quote(header.model)}, "
                               "which this installation does not ship "
                               f"({_shipped_names()})") from None
+        lmbda = _info(_shipped_path(header.model)).lmbda
+        if header.lmbda != struct.unpack("<f", struct.pack("<f", lmbda))[0]:
+            raise CodingError(f"the header's λ = {header.lmbda:g} is not model "
+                              f"{_quote(header.model)}'s ({lmbda:g}); the file is "
+                              "corrupt")
     if fingerprint(model) != header.fingerprint:
         raise CodingError(f"the file was written by other weights than this "
                           f"installation's model {_quote(header.model)} (fingerprint "

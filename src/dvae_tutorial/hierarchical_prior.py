@@ -53,6 +53,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from . import tiling
 from .configs import LATENT_STRIDE, STAGE_FACTOR, HierarchicalPriorConfig, ModelConfig
 from .distributions import discretized_gaussian_bits
 from .entropy_coding import LayeredDecoder, LayeredEncoder
@@ -259,7 +260,8 @@ class HierarchicalPriorVAE(nn.Module):
         else:  # the coder's float64 prior: x_hat is exactly decompress's
             bits, y_q = self._coding_prior().bits(y.double())
             y_q = y_q.to(y.dtype)
-        x_hat = crop(self.g_s(y_q), size)
+        x_hat = crop(self.g_s(y_q) if self.training else tiling.synthesis(self.g_s, y_q),
+                     size)
         bpp = sum(bits.values()) / (size[0] * size[1])
         mse = (x_hat - x).square().mean((1, 2, 3))
         return VAEOutput(x_hat, bits, bpp, mse)
@@ -280,7 +282,7 @@ class HierarchicalPriorVAE(nn.Module):
             return quantize(post, mean)
 
         out = self._coding_prior().top_down(x.shape[0], tuple(y.shape[-2:]), choose, y)
-        x_hat = crop(self.g_s(out.latents[-1].float()), x.shape[-2:])
+        x_hat = crop(tiling.synthesis(self.g_s, out.latents[-1].float()), x.shape[-2:])
         return TopDownPass(x_hat, out.latents, out.prior_means, out.prior_scales, posts)
 
     def _coding_prior(self) -> LatentHierarchy:
@@ -321,7 +323,7 @@ class HierarchicalPriorVAE(nn.Module):
         """
         x = x.unsqueeze(0) if x.dim() == 3 else x
         _check_images(x, single=True)
-        y = self.g_a(pad_to_multiple(x, self.stride)).double()
+        y = tiling.analysis(self.g_a, pad_to_multiple(x, self.stride)).double()
         encoder, bits = LayeredEncoder(), 0.0
 
         def choose(layer, mean, scale, post):
@@ -377,7 +379,7 @@ class HierarchicalPriorVAE(nn.Module):
         y_hat = self._coding_prior().top_down(1, size, choose).latents[-1]
         if k == layers:
             decoder.finish()
-        return crop(self.g_s(y_hat.float()), shape).clamp(0.0, 1.0)
+        return crop(tiling.synthesis(self.g_s, y_hat.float()), shape).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def sample(self, n: int, shape: tuple[int, int] = (64, 64),

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import tiling
 from .configs import HYPER_STRIDE, LATENT_STRIDE, ModelConfig
 from .distributions import SCALE_LOWER_BOUND, discretized_gaussian_bits
 from .entropy_coding import decode_latents, encode_latents
@@ -228,7 +229,8 @@ class SingleLayerVAE(nn.Module):
         mean, scale = self.prior_parameters(y.shape, z_q)
         y_q = self._noisy_or_rounded(y, mean)
         bits["y"] = discretized_gaussian_bits(y_q, mean, scale).sum((1, 2, 3))
-        x_hat = crop(self.g_s(y_q), size)
+        x_hat = crop(self.g_s(y_q) if self.training else tiling.synthesis(self.g_s, y_q),
+                     size)
         bpp = sum(bits.values()) / (size[0] * size[1])
         mse = (x_hat - x).square().mean((1, 2, 3))
         return VAEOutput(x_hat, bits, bpp, mse)
@@ -249,7 +251,7 @@ class SingleLayerVAE(nn.Module):
         """
         x = x.unsqueeze(0) if x.dim() == 3 else x
         _check_images(x, single=True)
-        y = self.g_a(pad_to_multiple(x, self.stride))
+        y = tiling.analysis(self.g_a, pad_to_multiple(x, self.stride))
         strings, z_hat, bits = [], None, 0.0
         if self.config.hyperprior:
             z = self.h_a(y)
@@ -304,7 +306,7 @@ class SingleLayerVAE(nn.Module):
             z_hat = decode_latents(strings[0], z_mean, z_scale, z_shape)
         mean, scale = self.prior_parameters(y_shape, z_hat)
         y_hat = decode_latents(strings[-1], mean, scale, y_shape)
-        return crop(self.g_s(y_hat), shape).clamp(0.0, 1.0)
+        return crop(tiling.synthesis(self.g_s, y_hat), shape).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def sample(self, n: int, shape: tuple[int, int] = (64, 64),

@@ -1,0 +1,183 @@
+"""Bounded memory for any image size: the transforms run tile by tile.
+
+Backs *A discretized VAE codec* (images of any size). Coding a 12-megapixel
+photo whole needs some 600 bytes a pixel — nearly all of it the activations
+of the analysis and synthesis transforms ``g_a``/``g_s`` at high resolution
+(a 192-channel layer at half resolution is 192 bytes a pixel by itself),
+while the latent ``y`` is 16× smaller on each side and the entropy coder
+works on it whole. So only the transforms are tiled:
+
+- the latent grid is cut into tiles of :data:`TILE` × :data:`TILE` latents
+  (1024 × 1024 pixels);
+- each tile is computed from its region *plus a halo* of :data:`HALO`
+  latents on every side (clipped at the image's border, where the
+  transforms' own zero padding applies as for the whole image), and only
+  the tile's own part of the result is kept.
+
+A latent of ``g_a`` depends on the pixels within two latents of it and a
+pixel of ``g_s`` on the latents within two of it (measured: one pixel moves
+latents ±1 away, one latent moves pixels ±2 latents away; the 5×5 stride-2
+layers give these radii), so with a halo of 4 every kept value is computed
+from exactly the inputs the whole-image transform uses: tiled equals whole
+to rounding (1e-12 in float64, tested). In float32 the convolution library
+may sum in another order for another tile shape; that can move a latent by
+~1e-6 and, very rarely, the rounding of one symbol — the file is still a
+valid file, and the decoder is defined by the tiling it runs. The tile grid
+is fixed (it does not depend on the machine or on free memory), so one file
+always decodes to the same pixels. Images of at most ``TILE + HALO`` latents
+a side (a 1088-pixel side: Kodak, every chapter) run whole, exactly as before.
+
+Cost: the halo makes each tile's work ``((TILE + 2·HALO)/TILE)² ≈ 1.27`` times
+its share, but tiles fit the CPU's caches better than a whole 12 MP
+activation; ``bench/large_images.py`` measures seconds and peak memory per
+megapixel for both.
+
+Written here rather than taken from a library: CompressAI and the other
+learned-codec libraries code images whole (their users hit this wall; see
+the issue that asked for it), and generic tilers (e.g. for segmentation)
+blend overlapping tiles, which is not exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .configs import LATENT_STRIDE
+
+#: Side of a tile, in latents (× 16 pixels: 1024). Part of the decoder's
+#: definition: a file decodes to the same pixels wherever this is the same.
+TILE = 64
+#: Latents of context computed around each tile (the transforms' reach is 2).
+HALO = 4
+
+
+def tiles(height: int, width: int, tile: int = TILE,
+          halo: int = HALO) -> Iterator[tuple[slice, slice, slice, slice]]:
+    """The tiles of an ``height × width`` latent grid, row by row: for each,
+    the rows/columns it covers and the rows/columns of the region (tile plus
+    halo, clipped to the grid) it is computed from, as ``(rows, cols,
+    region_rows, region_cols)``."""
+    for r0 in range(0, height, tile):
+        r1 = min(r0 + tile, height)
+        for c0 in range(0, width, tile):
+            c1 = min(c0 + tile, width)
+            yield (slice(r0, r1), slice(c0, c1),
+                   slice(max(0, r0 - halo), min(height, r1 + halo)),
+                   slice(max(0, c0 - halo), min(width, c1 + halo)))
+
+
+def _fits(height: int, width: int, tile: int, halo: int) -> bool:
+    return max(height, width) <= tile + halo
+
+
+def _scaled(s: slice, factor: int) -> slice:
+    return slice(s.start * factor, s.stop * factor)
+
+
+def _inner(part: slice, region: slice, factor: int = 1) -> slice:
+    """Where ``part`` lies inside ``region``'s result (``factor`` units a latent)."""
+    start = (part.start - region.start) * factor
+    return slice(start, start + (part.stop - part.start) * factor)
+
+
+def analysis(g_a: Callable[[Tensor], Tensor], x: Tensor, tile: int | None = None,
+             halo: int | None = None) -> Tensor:
+    """``g_a(x)`` tile by tile: ``x`` (B, 3, H, W) with sides divisible by 16
+    (already padded) → ``y`` (B, M, H/16, W/16), contiguous. ``tile`` and
+    ``halo`` default to :data:`TILE` and :data:`HALO` (read at call time).
+
+    Raises:
+        ValueError: sides not divisible by 16, or ``tile < 1``, ``halo < 0``.
+    """
+    tile, halo = _checked(tile, halo)
+    height, width = _latent_sides(x)
+    if _fits(height, width, tile, halo):
+        return g_a(x)
+    out = None
+    for rows, cols, region_rows, region_cols in tiles(height, width, tile, halo):
+        part = g_a(x[..., _scaled(region_rows, LATENT_STRIDE),
+                     _scaled(region_cols, LATENT_STRIDE)])
+        if out is None:
+            out = part.new_empty((*part.shape[:2], height, width))
+        out[..., rows, cols] = part[..., _inner(rows, region_rows),
+                                    _inner(cols, region_cols)]
+    return out
+
+
+def synthesis(g_s: Callable[[Tensor], Tensor], y: Tensor, tile: int | None = None,
+              halo: int | None = None) -> Tensor:
+    """``g_s(y)`` tile by tile: ``y`` (B, M, h, w) → (B, 3, 16h, 16w), contiguous;
+    ``tile``/``halo`` as for :func:`analysis`. The same pixels for any thread
+    count and any oneDNN setting (:func:`reproducible_convolutions`).
+
+    Raises:
+        ValueError: ``tile < 1`` or ``halo < 0``.
+    """
+    tile, halo = _checked(tile, halo)
+    height, width = y.shape[-2:]
+    with reproducible_convolutions(g_s):
+        y = y.contiguous()
+        if _fits(height, width, tile, halo):
+            return g_s(y)
+        out = None
+        for rows, cols, region_rows, region_cols in tiles(height, width, tile, halo):
+            part = g_s(y[..., region_rows, region_cols])
+            if out is None:
+                out = part.new_empty((*part.shape[:2], height * LATENT_STRIDE,
+                                      width * LATENT_STRIDE))
+            out[..., _scaled(rows, LATENT_STRIDE), _scaled(cols, LATENT_STRIDE)] = part[
+                ..., _inner(rows, region_rows, LATENT_STRIDE),
+                _inner(cols, region_cols, LATENT_STRIDE)]
+        return out
+
+
+@contextlib.contextmanager
+def reproducible_convolutions(module: object = None) -> Iterator[None]:
+    """Run ``module``'s convolutions the same way whatever the caller set:
+    PyTorch's own CPU convolution (oneDNN off for the block, restored after)
+    on weights in the default NCHW layout (converted in place if they are
+    channels-last).
+
+    Why: the synthesis transform runs in float32, so the order of its sums
+    shows in the 8-bit pixels. oneDNN picks its kernels by thread count — on
+    this machine 3 threads summed one transposed convolution of ``single-845``
+    in another order than 1, 2 or 4 threads, and oneDNN off another again (21
+    of 1.2 million values of a Kodak image one level apart) — while PyTorch's
+    convolution (im2col and one matrix product per image) gave the same bits
+    for 1 to 8 threads, on NCHW tensors (channels-last weights take another
+    path that did not). It is slower than oneDNN (a decode takes ~0.15 s
+    more on a Kodak image), which is why only the decoder's side pins it;
+    the encoder's analysis transform stays on oneDNN, channels-last (any
+    encoder's file decodes the same). GPU tensors are not affected.
+    """
+    if isinstance(module, nn.Module):
+        for param in module.parameters():
+            if param.dim() == 4 and not param.is_contiguous():
+                param.data = param.data.contiguous()
+    mkldnn = torch.backends.mkldnn
+    before = mkldnn.enabled
+    mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        mkldnn.enabled = before
+
+
+def _checked(tile: int | None, halo: int | None) -> tuple[int, int]:
+    tile = TILE if tile is None else tile
+    halo = HALO if halo is None else halo
+    if tile < 1 or halo < 0:
+        raise ValueError(f"tiles need tile >= 1 and halo >= 0, got {tile}, {halo}")
+    return tile, halo
+
+
+def _latent_sides(x: Tensor) -> tuple[int, int]:
+    height, width = x.shape[-2:]
+    if height % LATENT_STRIDE or width % LATENT_STRIDE:
+        raise ValueError(f"analysis tiles need sides divisible by {LATENT_STRIDE}, "
+                         f"got {height}×{width} (pad the image first)")
+    return height // LATENT_STRIDE, width // LATENT_STRIDE

@@ -1,0 +1,107 @@
+"""Tiled transforms (:mod:`dvae_tutorial.tiling`): exact against whole-image
+transforms, covering, and used by the codec for large images."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from dvae_tutorial import codec, tiling
+from dvae_tutorial.checkpoints import build_model
+from dvae_tutorial.configs import ModelConfig
+from dvae_tutorial.images import to_tensor01
+
+
+def smooth(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([np.sin(xx / 9 + c) * np.cos(yy / 6 - c) for c in range(3)], -1)
+    return np.clip(127 + 100 * base + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(
+        np.uint8)
+
+
+@pytest.mark.parametrize("height,width,tile,halo", [(7, 5, 3, 2), (1, 1, 4, 4),
+                                                     (8, 8, 8, 0), (9, 17, 4, 1)])
+def test_tiles_cover_the_grid_once_with_clipped_regions(height, width, tile, halo):
+    count = np.zeros((height, width), int)
+    for rows, cols, region_rows, region_cols in tiling.tiles(height, width, tile, halo):
+        count[rows, cols] += 1
+        assert 0 <= region_rows.start <= rows.start and rows.stop <= region_rows.stop
+        assert region_rows.stop <= height and region_cols.stop <= width
+        assert rows.start - region_rows.start == min(halo, rows.start)
+        assert region_cols.stop - cols.stop == min(halo, width - cols.stop)
+    assert (count == 1).all()
+
+
+@pytest.fixture(scope="module")
+def model64():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(channels=8, latent_channels=6, hyperprior=False))
+    return model.eval().double()
+
+
+@pytest.mark.parametrize("tile", [1, 3, 5])
+def test_tiled_transforms_equal_whole_ones_with_a_halo_of_two(model64, tile):
+    """In float64 the tiled result is the whole-image one (the 5×5 stride-2
+    layers reach two latents); a halo of one is not enough (the test can fail)."""
+    x = to_tensor01(smooth(96, 144))[None].double()
+    with torch.no_grad():
+        y = model64.g_a(x)
+        y_hat = torch.randint(-3, 4, y.shape, generator=torch.Generator().manual_seed(1),
+                              dtype=torch.float64)
+        x_hat = model64.g_s(y_hat)
+        for halo in (2, 4):
+            assert torch.allclose(tiling.analysis(model64.g_a, x, tile, halo), y,
+                                  rtol=0, atol=1e-12)
+            assert torch.allclose(tiling.synthesis(model64.g_s, y_hat, tile, halo),
+                                  x_hat, rtol=0, atol=1e-12)
+        assert (tiling.analysis(model64.g_a, x, tile, 1) - y).abs().max() > 1e-6
+        assert (tiling.synthesis(model64.g_s, y_hat, tile, 1) - x_hat).abs().max() > 1e-6
+
+
+def test_small_images_run_whole_and_bad_arguments_are_refused(model64):
+    calls = []
+
+    def g_a(x):
+        calls.append(tuple(x.shape))
+        return model64.g_a(x)
+
+    x = torch.rand(1, 3, 64, 48, dtype=torch.float64)
+    tiling.analysis(g_a, x, tile=2, halo=2)  # 4×3 latents ≤ tile + halo
+    assert calls == [(1, 3, 64, 48)]
+    with pytest.raises(ValueError, match="divisible by 16"):
+        tiling.analysis(g_a, x[..., :40], tile=2, halo=2)
+    with pytest.raises(ValueError, match="tile >= 1"):
+        tiling.synthesis(model64.g_s, torch.zeros(1, 6, 2, 2), tile=0)
+
+
+def test_codec_tiles_large_images_exactly_enough(monkeypatch):
+    """A shipped model with 64-pixel tiles (TILE = 4 latents) on a 208×304
+    photo: the file decodes, its latents are the whole-image ones but for
+    float32 summation order, and the pixels are within one level (in practice
+    nearly all equal) of the whole-image codec's; the decoder's restored
+    settings are untouched."""
+    name = codec.shipped_models("single")[0].name
+    image = smooth(208, 304, seed=1)
+    whole = codec.compress(image, name)
+    whole_pixels = codec.decompress(whole.data)
+    monkeypatch.setattr(tiling, "TILE", 4)
+    tiled = codec.compress(image, name)
+    assert abs(len(tiled.data) - len(whole.data)) <= 8
+    pixels = codec.decompress(tiled.data)
+    diff = np.abs(pixels.astype(int) - whole_pixels.astype(int))
+    assert diff.max() <= 1 and np.count_nonzero(diff) < 1e-3 * diff.size
+    assert codec.decompress(whole.data).shape == image.shape
+    assert torch.backends.mkldnn.enabled
+
+
+def test_reproducible_convolutions_restores_onednn_and_makes_weights_nchw():
+    model = copy.deepcopy(codec.load_shipped(codec.shipped_models("single")[0].name))
+    model.g_s.to(memory_format=torch.channels_last)
+    with tiling.reproducible_convolutions(model.g_s):
+        assert not torch.backends.mkldnn.enabled
+    assert torch.backends.mkldnn.enabled
+    assert all(p.is_contiguous() for p in model.g_s.parameters())
