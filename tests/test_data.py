@@ -363,6 +363,13 @@ def test_patches_per_image_and_in_memory(monkeypatch, tmp_path):
     assert decoded == [red, blue]
     with pytest.raises(IndexError):
         ds[6]
+    # Over the budget (room for one 64×64 image): the rest is read from disk.
+    monkeypatch.setattr(images, "IN_MEMORY_BYTES", 64 * 64 * 3)
+    decoded.clear()
+    ds = data.PatchDataset([red, blue], patch_size=32, patches_per_image=3,
+                           in_memory=True)
+    assert [int(ds[i][0, 0, 0]) for i in range(6)] == [1, 1, 1, 0, 0, 0]
+    assert decoded == [red, blue, blue, blue]
 
 
 def test_a_corrupt_file_gives_data_error_naming_it(tmp_path):

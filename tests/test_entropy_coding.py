@@ -266,3 +266,37 @@ def test_corrupt_streams_raise_coding_error_never_garbage(coder_cls):
                 coder.decode(bad, means, scales)
             tried += 1
     assert tried == 600
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 2**20])
+def test_layered_stream_round_trips_in_runs_of_any_length(monkeypatch, chunk):
+    """Layers coded in runs of LAYER_CHUNK symbols (bounded memory on large
+    photos) decode exactly, escapes included, whatever the run length; a run
+    as long as the layer is the format of every Kodak file."""
+    from dvae_tutorial import entropy_coding
+
+    monkeypatch.setattr(entropy_coding, "LAYER_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(chunk)
+    layers = []
+    for shape in [(1, 3, 4, 5), (1, 6, 9, 11)]:
+        mean = torch.randn(shape, generator=gen, dtype=torch.float64)
+        scale = 0.11 + 3 * torch.rand(shape, generator=gen, dtype=torch.float64)
+        y = mean + scale * torch.randn(shape, generator=gen, dtype=torch.float64)
+        y.view(-1)[::37] += 500  # far tails: escapes
+        layers.append((y, mean, scale))
+    encoder = entropy_coding.LayeredEncoder()
+    for y, mean, scale in layers:
+        encoder.encode(y, mean, scale)
+    data = encoder.finish()
+    decoder = entropy_coding.LayeredDecoder(data, sum(y.numel() for y, _, _ in layers))
+    for y, mean, scale in layers:
+        assert torch.equal(decoder.decode(mean, scale, tuple(y.shape)), quantize(y, mean))
+    decoder.finish()
+    if chunk >= 6 * 9 * 11:
+        return  # one run per layer: no other run length to compare
+    monkeypatch.setattr(entropy_coding, "LAYER_CHUNK", chunk + 1)  # another run length
+    decoder = entropy_coding.LayeredDecoder(data, sum(y.numel() for y, _, _ in layers))
+    with pytest.raises(CodingError):
+        for y, mean, scale in layers:
+            decoder.decode(mean, scale, tuple(y.shape))
+        decoder.finish()

@@ -17,11 +17,37 @@ name): ``weights/narrow/`` the narrow λ = 845 model of an earlier edition
 (chapter 5), ``weights/resnet/`` the from-scratch ResNet VAE (QRes-VAE's
 architecture, 9,000 CPU steps; chapter 6).
 
-Shipped models are loaded with their transforms ``g_a``/``g_s`` in PyTorch's
-channels-last memory layout, which reaches oneDNN's fast convolutions on the
-CPU: on a Kodak image 25–30 % less time in each transform (measured on one
-thread), the same synthesis output to the bit, and an analysis output within
-1e-4 (another summation order; any encoder's file decodes the same).
+Shipped models are loaded with their analysis transform ``g_a`` in
+PyTorch's channels-last memory layout, which reaches oneDNN's fast
+convolutions on the CPU (25–30 % less time, measured on one thread); any
+encoder's output is a valid file, so the encoder may sum in any order.
+
+**Large images** run their transforms tile by tile (:mod:`~dvae_tutorial.tiling`:
+1024-pixel tiles with 64 pixels of context, equal to the whole-image
+transforms up to float rounding), and a hierarchical model codes its layers
+in runs of a million symbols, so memory stays bounded: a 12-megapixel photo
+codes in under 2 GB, a 48-megapixel one completes (``bench/large_images.py``).
+
+**Decoding elsewhere: exact, or refused.** What decides whether a file
+decodes is the entropy coder's parameters, and they are made
+machine-independent: every scale snaps to a table entry and every mean to a
+grid (:mod:`~dvae_tutorial.entropy_coding`), single-layer priors are learned
+constants, and the hierarchical prior runs in float64 (its last-bit
+differences between machines, ~1e-15, would have to fall on a table boundary
+to matter). A file written with any thread count, with oneDNN on or off,
+decodes in any other setting (tested). If the coder still desynchronises —
+another PyTorch whose kernels differ more, a modified model — the streams'
+CRC-32 over every decoded symbol turns it into a one-line
+:class:`~dvae_tutorial.errors.CodingError` ("decoded symbols fail the
+checksum … decoded with other means/scales"), never a wrong image; decode
+with the dvae-tutorial and PyTorch versions that wrote the file (the header's
+fingerprint already refuses other weights). The pixels are a float32
+synthesis rounded to 8 bits, computed with PyTorch's own convolution on NCHW
+tensors (:func:`~dvae_tutorial.tiling.reproducible_convolutions`), whose
+sums do not depend on the thread count or on oneDNN (tested: the same PNG
+for 1–4 threads, oneDNN on and off); on another CPU family or a GPU a few
+pixel values may differ by one level. Chapter 3 shows why the coder must be
+exact (a desynchronised decoder) and chapter 5 points here.
 
 Files come from anywhere, so nothing a header says is used before it is
 checked: the model's name is looked up among the shipped names (never
@@ -66,8 +92,9 @@ SUFFIX = ".dvae"
 #: The pixel budget: the largest image (width × height) that is compressed or
 #: decompressed unless the caller raises it (``max_pixels=``, ``dvae compress``
 #: / ``decompress --max-pixels``). 2^24 = 4096 × 4096: a 12-megapixel photo
-#: fits. Coding needs some 600 bytes of memory a pixel (10 GB at the budget),
-#: and a corrupt or crafted size field must not make the decoder allocate more.
+#: fits. Memory is bounded by tiling (about 2 GB at 12 MP), but time is not
+#: (~2 s a megapixel): a corrupt or crafted size field must not make the
+#: decoder work for an hour, or allocate the output of a 2^32-pixel image.
 MAX_PIXELS = 2**24
 #: A file's streams hold at most this many bytes a pixel (128 bpp: 5 × raw
 #: RGB, 30 × noise at the highest λ), plus STREAM_SLACK_BYTES (the padding
@@ -234,9 +261,9 @@ def compress(image: np.ndarray, model: str | torch.nn.Module,
                         f"{pixels.shape[0] * pixels.shape[1]:,} pixels, over the "
                         f"pixel budget of {max_pixels:,} (max_pixels=, "
                         "--max-pixels raise it)")
-    x = to_tensor01(pixels).unsqueeze(0)
-    height, width = (int(side) for side in x.shape[-2:])
-    compressed = model_obj.compress(x)
+    # no reference kept here: the model drops the float image once it has y
+    compressed = model_obj.compress(to_tensor01(pixels).unsqueeze(0))  # checks it
+    height, width = (int(side) for side in pixels.shape[:2])
     shapes = tuple(tuple(s) for s in model_obj.stream_shapes((height, width)))
     header = bitstream.Header(getattr(model_obj, "family", "single"), name,
                               float(lmbda), fingerprint(model_obj), height, width,

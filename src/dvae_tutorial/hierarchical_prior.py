@@ -60,6 +60,7 @@ from .entropy_coding import LayeredDecoder, LayeredEncoder
 from .errors import CodingError, DVAEError
 from .hierarchical_vae import (
     ChooseLatent,
+    Conv2d,
     ConvNeXtBlock,
     LatentBlock,
     TopDownPass,
@@ -109,7 +110,7 @@ class LatentHierarchy(nn.Module):
 
         def into(s: int) -> nn.Conv2d:  # y → stage 0, or stage s-1 → s (2×2 patches)
             if s == 0:
-                return nn.Conv2d(m, c.widths[0], 3, padding=1)
+                return Conv2d(m, c.widths[0], 3, padding=1)  # float64: dense_float64
             return nn.Conv2d(c.widths[s - 1], c.widths[s], STAGE_FACTOR,
                              stride=STAGE_FACTOR)
 
@@ -323,7 +324,9 @@ class HierarchicalPriorVAE(nn.Module):
         """
         x = x.unsqueeze(0) if x.dim() == 3 else x
         _check_images(x, single=True)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
         y = tiling.analysis(self.g_a, pad_to_multiple(x, self.stride)).double()
+        del x  # the image is not needed any more (large photos: memory)
         encoder, bits = LayeredEncoder(), 0.0
 
         def choose(layer, mean, scale, post):
@@ -334,8 +337,7 @@ class HierarchicalPriorVAE(nn.Module):
             return z_hat
 
         self._coding_prior().top_down(1, tuple(y.shape[-2:]), choose, y)
-        return Compressed([encoder.finish()], (int(x.shape[-2]), int(x.shape[-1])),
-                          bits, tuple(encoder.layer_bits))
+        return Compressed([encoder.finish()], size, bits, tuple(encoder.layer_bits))
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], shape: tuple[int, int]) -> Tensor:

@@ -107,10 +107,44 @@ def depthwise_float64(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return out
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters, same state dict) whose float64 forward,
+    for a stride-1 zero-padded k×k kernel, is :func:`dense_float64`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.dtype == torch.float64 and self.kernel_size[0] > 1
+                and self.stride == (1, 1) and self.groups == 1
+                and self.padding_mode == "zeros"):
+            return dense_float64(x, self)
+        return super().forward(x)
+
+
+def dense_float64(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(x)`` for a stride-1, zero-padded k×k ``conv`` in float64, as the
+    sum of ``k²`` 1×1 convolutions of shifted copies of ``x``.
+
+    Hand-written for memory: PyTorch's float64 convolution unfolds its whole
+    input first (im2col), ``k²`` times the input's size — 650 MB for the
+    prior's first 3×3 convolution on a 12-megapixel photo's latent, the peak
+    of the coding pass. Here the largest temporary is one shifted copy.
+    Agrees with ``conv`` to ~1e-15 (another summation order).
+    """
+    k, pad = conv.kernel_size, conv.padding
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
+    out = None
+    for i in range(k[0]):
+        for j in range(k[1]):
+            term = F.conv2d(padded[..., i:i + h, j:j + w],
+                            conv.weight[:, :, i:i + 1, j:j + 1])
+            out = term if out is None else out.add_(term)
+    return out if conv.bias is None else out.add_(conv.bias.view(1, -1, 1, 1))
+
+
 def _head(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
     """VDVAE's bottleneck without the skip: 1×1, GELU, 3×3, GELU, 1×1."""
     return nn.Sequential(conv(in_channels, hidden, 1), nn.GELU(),
-                         conv(hidden, hidden, 3), nn.GELU(),
+                         Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
                          conv(hidden, out_channels, 1))
 
 

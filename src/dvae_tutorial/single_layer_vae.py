@@ -251,7 +251,9 @@ class SingleLayerVAE(nn.Module):
         """
         x = x.unsqueeze(0) if x.dim() == 3 else x
         _check_images(x, single=True)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
         y = tiling.analysis(self.g_a, pad_to_multiple(x, self.stride))
+        del x  # the image is not needed any more (large photos: memory)
         strings, z_hat, bits = [], None, 0.0
         if self.config.hyperprior:
             z = self.h_a(y)
@@ -262,7 +264,7 @@ class SingleLayerVAE(nn.Module):
         mean, scale = self.prior_parameters(y.shape, z_hat)
         strings.append(encode_latents(y, mean, scale))
         bits += float(discretized_gaussian_bits(quantize(y, mean), mean, scale).sum())
-        return Compressed(strings, (int(x.shape[-2]), int(x.shape[-1])), bits)
+        return Compressed(strings, size, bits)
 
     def stream_shapes(self, shape: tuple[int, int]) -> list[tuple[int, ...]]:
         """Shapes of the latents :meth:`compress` codes for an ``(H, W)`` image,
