@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_parser(sub) -> None:
-    from . import data
+    from . import data_cli
 
-    data.add_cli_parser(sub)
+    data_cli.add_data_parser(sub)
 
 
 def _add_train_parser(sub) -> None:

@@ -21,7 +21,6 @@ does not depend on the PNG encoding, so it also checks re-encoded mirrors.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import http.client
 import json
@@ -331,12 +330,3 @@ def train_dir() -> Path:
 def val_dir() -> Path:
     """Validation photos: ``$DVAE_DATA/val``, else COCO val2017 in the cache."""
     return _photo_dir("val")
-
-
-# --- the `dvae data` command ----------------------------------------------------
-
-def add_cli_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``dvae data {status,kodak,coco}`` (see :mod:`.data_cli`) to ``dvae``."""
-    from .data_cli import add_data_parser
-
-    add_data_parser(sub)
