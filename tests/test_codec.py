@@ -343,9 +343,10 @@ def test_files_decode_to_the_same_pixels_with_any_threads_and_onednn(kodak, fami
     """A shipped model's files, written with 1, 2 or 3 threads and oneDNN on
     or off, decode in every setting to the same pixels, bit for bit: the
     priors snap every scale to the same table entry (float64 prior for the
-    hierarchical family), and the synthesis runs PyTorch's own convolution
-    on NCHW tensors (:func:`tiling.reproducible_convolutions`; oneDNN's sums
-    changed with 3 threads). The caller's settings are restored."""
+    hierarchical family), and the synthesis runs forward convolutions only
+    with oneDNN pinned on (:func:`tiling.reproducible`; oneDNN's transposed
+    convolution summed otherwise with 3 threads). The caller's settings are
+    restored."""
     shipped = codec.shipped_models(family)
     if not shipped:
         pytest.skip(f"no shipped {family} model")
@@ -663,19 +664,17 @@ def test_max_pixels_option(models, tmp_path, capsys):
     assert f"{codec.MAX_PIXELS:,}" in capsys.readouterr().out
 
 
-def test_shipped_analysis_is_channels_last_with_the_same_weights_and_pixels():
-    """Shipped models' g_a runs channels-last (oneDNN's fast path); the
-    synthesis stays NCHW (reproducible sums); the fingerprint and the decoded
-    pixels are those of the plain checkpoint."""
+def test_shipped_transforms_are_channels_last_with_the_same_weights_and_pixels():
+    """Shipped models' transforms run channels-last (oneDNN's fast path); the
+    fingerprint and the decoded pixels are those of the plain checkpoint."""
     from dvae_tutorial.checkpoints import load_model
 
     name = "single-100"
     shipped = codec.load_shipped(name)
     plain = load_model(codec.WEIGHTS_DIR / f"{name}.pt")
-    weight = shipped.g_a[0].weight
-    assert weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last)
-    assert not plain.g_a[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert shipped.g_s[0].weight.is_contiguous()
+    for weight in (shipped.g_a[0].weight, shipped.g_s[0].weight):
+        assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.g_s[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert codec.fingerprint(shipped) == codec.fingerprint(plain)
     data = codec.compress(photo(64, 96, seed=3), name).data
     assert np.array_equal(codec.decompress(data), codec.decompress(data, plain))

@@ -3,8 +3,6 @@ transforms, covering, and used by the codec for large images."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -98,10 +96,36 @@ def test_codec_tiles_large_images_exactly_enough(monkeypatch):
     assert torch.backends.mkldnn.enabled
 
 
-def test_reproducible_convolutions_restores_onednn_and_makes_weights_nchw():
-    model = copy.deepcopy(codec.load_shipped(codec.shipped_models("single")[0].name))
-    model.g_s.to(memory_format=torch.channels_last)
-    with tiling.reproducible_convolutions(model.g_s):
+@pytest.mark.parametrize("c_in,c_out,h,w", [(3, 5, 4, 6), (8, 3, 1, 1), (2, 2, 7, 3)])
+def test_upsample_as_convolution_equals_the_transposed_convolution(c_in, c_out, h, w):
+    """The sub-pixel form of the 5×5 stride-2 transposed convolution (oracle:
+    torch's ConvTranspose2d), in float64 and channels-last float32."""
+    from dvae_tutorial.layers import upsample
+
+    torch.manual_seed(c_in * 10 + c_out)
+    layer = upsample(c_in, c_out).double()
+    x = torch.randn(2, c_in, h, w, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(tiling.upsample_as_convolution(layer, x), layer(x),
+                              rtol=0, atol=1e-12)
+        layer32, x32 = layer.float(), x.float().contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(tiling.upsample_as_convolution(layer32, x32), layer32(x32),
+                              rtol=0, atol=1e-5)
+
+
+def test_synthesis_pins_onednn_and_restores_the_callers_setting():
+    model = codec.load_shipped(codec.shipped_models("single")[0].name)
+    seen = []
+    layer = torch.nn.Identity()
+    layer.register_forward_hook(lambda *a: seen.append(torch.backends.mkldnn.enabled))
+    g_s = torch.nn.Sequential(layer)
+    torch.backends.mkldnn.enabled = False
+    try:
+        tiling.synthesis(g_s, torch.zeros(1, 3, 2, 2))
         assert not torch.backends.mkldnn.enabled
-    assert torch.backends.mkldnn.enabled
-    assert all(p.is_contiguous() for p in model.g_s.parameters())
+    finally:
+        torch.backends.mkldnn.enabled = True
+    assert seen == [torch.backends.mkldnn.is_available()]
+    with torch.no_grad():
+        y = torch.randn(1, model.g_s[0].in_channels, 3, 4).round()
+        assert torch.allclose(tiling.synthesis(model.g_s, y), model.g_s(y), atol=1e-4)

@@ -17,10 +17,9 @@ name): ``weights/narrow/`` the narrow λ = 845 model of an earlier edition
 (chapter 5), ``weights/resnet/`` the from-scratch ResNet VAE (QRes-VAE's
 architecture, 9,000 CPU steps; chapter 6).
 
-Shipped models are loaded with their analysis transform ``g_a`` in
+Shipped models are loaded with their transforms ``g_a``/``g_s`` in
 PyTorch's channels-last memory layout, which reaches oneDNN's fast
-convolutions on the CPU (25–30 % less time, measured on one thread); any
-encoder's output is a valid file, so the encoder may sum in any order.
+convolutions on the CPU (25–30 % less time in each, measured on one thread).
 
 **Large images** run their transforms tile by tile (:mod:`~dvae_tutorial.tiling`:
 1024-pixel tiles with 64 pixels of context, equal to the whole-image
@@ -42,11 +41,11 @@ CRC-32 over every decoded symbol turns it into a one-line
 checksum … decoded with other means/scales"), never a wrong image; decode
 with the dvae-tutorial and PyTorch versions that wrote the file (the header's
 fingerprint already refuses other weights). The pixels are a float32
-synthesis rounded to 8 bits, computed with PyTorch's own convolution on NCHW
-tensors (:func:`~dvae_tutorial.tiling.reproducible_convolutions`), whose
-sums do not depend on the thread count or on oneDNN (tested: the same PNG
-for 1–4 threads, oneDNN on and off); on another CPU family or a GPU a few
-pixel values may differ by one level. Chapter 3 shows why the coder must be
+synthesis rounded to 8 bits, computed with forward convolutions only and
+oneDNN pinned on (:func:`~dvae_tutorial.tiling.reproducible`), whose sums do
+not depend on the thread count or on the caller's oneDNN setting (tested:
+the same PNG for 1–4 threads, oneDNN on and off); on another CPU family or a
+GPU a few pixel values may differ by one level. Chapter 3 shows why the coder must be
 exact (a desynchronised decoder) and chapter 5 points here.
 
 Files come from anywhere, so nothing a header says is used before it is
@@ -182,8 +181,9 @@ def _shipped_names() -> str:
 @functools.lru_cache(maxsize=8)
 def _load(path: Path, mtime_ns: int, size: int) -> torch.nn.Module:
     model = load_model(path)
-    if hasattr(model, "g_a"):  # the analysis transform in channels-last layout
-        model.g_a.to(memory_format=torch.channels_last)
+    for part in ("g_a", "g_s"):  # the transforms in channels-last layout
+        if hasattr(model, part):
+            getattr(model, part).to(memory_format=torch.channels_last)
     return model
 
 

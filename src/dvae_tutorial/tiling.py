@@ -44,6 +44,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .configs import LATENT_STRIDE
@@ -112,20 +113,20 @@ def synthesis(g_s: Callable[[Tensor], Tensor], y: Tensor, tile: int | None = Non
               halo: int | None = None) -> Tensor:
     """``g_s(y)`` tile by tile: ``y`` (B, M, h, w) → (B, 3, 16h, 16w), contiguous;
     ``tile``/``halo`` as for :func:`analysis`. The same pixels for any thread
-    count and any oneDNN setting (:func:`reproducible_convolutions`).
+    count and any oneDNN setting: see :func:`reproducible`.
 
     Raises:
         ValueError: ``tile < 1`` or ``halo < 0``.
     """
     tile, halo = _checked(tile, halo)
     height, width = y.shape[-2:]
-    with reproducible_convolutions(g_s):
-        y = y.contiguous()
+    run = reproducible(g_s)
+    with onednn_pinned():
         if _fits(height, width, tile, halo):
-            return g_s(y)
+            return run(y).contiguous()
         out = None
         for rows, cols, region_rows, region_cols in tiles(height, width, tile, halo):
-            part = g_s(y[..., region_rows, region_cols])
+            part = run(y[..., region_rows, region_cols])
             if out is None:
                 out = part.new_empty((*part.shape[:2], height * LATENT_STRIDE,
                                       width * LATENT_STRIDE))
@@ -135,32 +136,77 @@ def synthesis(g_s: Callable[[Tensor], Tensor], y: Tensor, tile: int | None = Non
         return out
 
 
-@contextlib.contextmanager
-def reproducible_convolutions(module: object = None) -> Iterator[None]:
-    """Run ``module``'s convolutions the same way whatever the caller set:
-    PyTorch's own CPU convolution (oneDNN off for the block, restored after)
-    on weights in the default NCHW layout (converted in place if they are
-    channels-last).
+def reproducible(g_s: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``g_s`` with each stride-2 transposed convolution run as a stride-1
+    convolution and a pixel shuffle (:func:`upsample_as_convolution`).
 
-    Why: the synthesis transform runs in float32, so the order of its sums
-    shows in the 8-bit pixels. oneDNN picks its kernels by thread count — on
-    this machine 3 threads summed one transposed convolution of ``single-845``
-    in another order than 1, 2 or 4 threads, and oneDNN off another again (21
-    of 1.2 million values of a Kodak image one level apart) — while PyTorch's
-    convolution (im2col and one matrix product per image) gave the same bits
-    for 1 to 8 threads, on NCHW tensors (channels-last weights take another
-    path that did not). It is slower than oneDNN (a decode takes ~0.15 s
-    more on a Kodak image), which is why only the decoder's side pins it;
-    the encoder's analysis transform stays on oneDNN, channels-last (any
-    encoder's file decodes the same). GPU tensors are not affected.
+    Why: the synthesis runs in float32, so the order of its sums shows in the
+    8-bit pixels. oneDNN's *transposed* convolution picks its kernel by thread
+    count: on this machine 3 threads summed one layer of ``single-845`` in
+    another order than 1, 2 or 4 threads (4 Kodak pixel values one level
+    apart), and PyTorch's own convolution (oneDNN off) another again (21 of
+    1.2 million). oneDNN's *forward* convolution gave the same bits for 1 to 8
+    threads, at the same speed. So the decoder runs forward convolutions only,
+    with oneDNN pinned on (:func:`onednn_pinned`), and a file decodes to the
+    same PNG for any thread count and oneDNN setting (tested). Training keeps
+    the transposed convolutions (same weights, same function up to rounding).
     """
-    if isinstance(module, nn.Module):
-        for param in module.parameters():
-            if param.dim() == 4 and not param.is_contiguous():
-                param.data = param.data.contiguous()
+    if not isinstance(g_s, nn.Sequential):
+        return g_s
+    layers = list(g_s)
+
+    def run(h: Tensor) -> Tensor:
+        if h.dtype == torch.float32 and h.device.type == "cpu":
+            h = h.contiguous(memory_format=torch.channels_last)  # oneDNN's layout
+        for layer in layers:
+            h = (upsample_as_convolution(layer, h) if _is_upsample(layer)
+                 else layer(h))
+        return h
+
+    return run
+
+
+def _is_upsample(layer: nn.Module) -> bool:
+    return (isinstance(layer, nn.ConvTranspose2d) and layer.stride == (2, 2)
+            and layer.kernel_size == (5, 5) and layer.padding == (2, 2)
+            and layer.output_padding == (1, 1) and layer.groups == 1
+            and layer.dilation == (1, 1))
+
+
+def upsample_as_convolution(layer: nn.ConvTranspose2d, x: Tensor) -> Tensor:
+    """``layer(x)`` for a 5×5 stride-2 transposed convolution (padding 2,
+    output padding 1) as a 3×3 convolution to ``4 · C_out`` channels, one per
+    output phase, and ``pixel_shuffle(2)`` (the sub-pixel form, Shi et al.
+    2016): output pixel ``2i + r`` takes kernel tap ``r + 2 - 2d`` from input
+    ``i + d``, ``d ∈ {-1, 0, 1}``. Equal to ``layer(x)`` up to float rounding
+    (tested against it in float64)."""
+    weight = layer.weight  # (C_in, C_out, 5, 5)
+    c_in, c_out = weight.shape[:2]
+    phases = weight.new_zeros(c_out, 2, 2, c_in, 3, 3)
+    for r in range(2):
+        for d in range(3):
+            tap = r + 2 - 2 * (d - 1)
+            if not 0 <= tap < 5:
+                continue
+            for s in range(2):
+                for e in range(3):
+                    tap_w = s + 2 - 2 * (e - 1)
+                    if 0 <= tap_w < 5:
+                        phases[:, r, s, :, d, e] = weight[:, :, tap, tap_w].t()
+    phases = phases.reshape(4 * c_out, c_in, 3, 3)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        phases = phases.contiguous(memory_format=torch.channels_last)
+    bias = None if layer.bias is None else layer.bias.repeat_interleave(4)
+    return F.pixel_shuffle(F.conv2d(x, phases, bias, padding=1), 2)
+
+
+@contextlib.contextmanager
+def onednn_pinned() -> Iterator[None]:
+    """oneDNN on for the block (where PyTorch has it), whatever the caller set;
+    restored after."""
     mkldnn = torch.backends.mkldnn
     before = mkldnn.enabled
-    mkldnn.enabled = False
+    mkldnn.enabled = mkldnn.is_available()
     try:
         yield
     finally:
