@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 import time
@@ -678,3 +679,18 @@ def test_shipped_transforms_are_channels_last_with_the_same_weights_and_pixels()
     assert codec.fingerprint(shipped) == codec.fingerprint(plain)
     data = codec.compress(photo(64, 96, seed=3), name).data
     assert np.array_equal(codec.decompress(data), codec.decompress(data, plain))
+
+
+def test_a_header_that_reshapes_the_latent_is_refused(models):
+    """A per-channel prior codes a reshaped latent of the same size with the
+    same symbols, so a crafted header (CRC recomputed) that transposes the
+    image's size would decode to a scrambled image; the stream's CRC covers
+    the latent's shape (stream format 2), so it is refused (found by
+    bench/fuzz.py's size_consistent edits)."""
+    data = codec.compress(photo(64, 96), "tiny-f").data
+    header, _ = codec.bitstream.unpack(data)
+    model = codec.load_shipped("tiny-f")
+    shapes = tuple(tuple(s) for s in model.stream_shapes((96, 64)))
+    assert math.prod(shapes[0]) == math.prod(header.shapes[0]) and shapes != header.shapes
+    with pytest.raises(CodingError, match="checksum"):
+        codec.decompress(with_header(data, height=96, width=64, shapes=shapes))

@@ -161,15 +161,20 @@ def test_golden_stream_decodes_with_this_version():
     symbols = np.array([0, 1, -2, 5, 300, -7])
     means = np.array([0.0, 0.5, -1.25, 2.0, 0.0, 0.0])
     scales = np.array([1.0, 0.3, 2.0, 10.0, 1.0, 0.11])
-    golden = {
-        ReadableCoder: "e101060000000c000000030000003f71f15001a9e102"
+    golden = {  # stream format 2: the CRC covers the symbols' shape
+        ReadableCoder: "e401060000000c00000003000000f496578d01a9e102"
         "3c715d4900000000009198",
-        FastCoder: "e10206000000080000000300000061ced0dbd8000000689ce327009198",
+        FastCoder: "e402060000000800000003000000b8cb0f01d8000000689ce327009198",
     }
     for coder_cls, hex_stream in golden.items():
         data = coder_cls().encode(symbols, means, scales)
         assert data.hex() == hex_stream
         assert np.array_equal(coder_cls().decode(data, means, scales), symbols)
+        with pytest.raises(CodingError, match="checksum"):  # same size, other shape
+            coder_cls().decode(data, means.reshape(2, 3), scales.reshape(2, 3))
+    version_1 = bytes.fromhex("e10206000000080000000300000061ced0dbd8000000689ce327009198")
+    with pytest.raises(CodingError, match="older dvae-tutorial"):
+        FastCoder().decode(version_1, means, scales)
 
 
 def test_latents_round_trip_to_y_hat_rounded_around_the_mean():

@@ -86,7 +86,10 @@ SCALE_TABLE.setflags(write=False)
 TAIL_BOUNDS = np.ceil(TAIL_SIGMAS * SCALE_TABLE).astype(np.int64)
 TAIL_BOUNDS.setflags(write=False)
 
-_MAGIC = 0xE1  # "E"ntropy-coded stream, format version 1
+_MAGIC = 0xE4  # "E"ntropy-coded stream, format version 2 (CRC covers the shape)
+#: Version 1 (0xE1): its CRC did not cover the symbols' shape, so a header
+#: that reshaped a per-channel prior's latent (same count) decoded silently.
+_MAGIC_V1 = 0xE1
 #: Header, little-endian: magic, coder id, symbol count, payload bytes,
 #: escape bytes, CRC32 of (payload, escapes, symbols).
 _HEADER = struct.Struct("<BBIIII")
@@ -270,12 +273,13 @@ class _FramedCoder:
                 non-broadcastable parameters.
         """
         sym = _integers(symbols)
-        centre, si, oi = _parameters(means, scales, sym.shape)
+        shape = sym.shape
+        centre, si, oi = _parameters(means, scales, shape)
         sym = sym.ravel()
         coded, excess = _clip_escapes(sym - centre, si)
         escapes = rans.gamma_encode(excess)
         payload = self._encode_core(coded, si, oi)
-        crc = _checksum(payload + escapes, sym)
+        crc = _checksum(payload + escapes, sym, shape)
         header = _HEADER.pack(
             _MAGIC, self.coder_id, sym.size, len(payload), len(escapes), crc
         )
@@ -304,7 +308,7 @@ class _FramedCoder:
         reader = rans.GammaReader(escapes)
         sym = _restore_escapes(coded, si, reader) + centre
         reader.finish()
-        if _checksum(payload + escapes, sym) != crc:
+        if _checksum(payload + escapes, sym, shape) != crc:
             raise CodingError(
                 "decoded symbols fail the checksum: the stream is corrupt or was "
                 "decoded with other means/scales than it was encoded with"
@@ -622,6 +626,8 @@ def _split_stream(data: bytes, coder_id: int, n: int) -> tuple[bytes, bytes, int
         )
     magic, coder, count, n_payload, n_escapes, crc = _HEADER.unpack_from(data)
     for bad, why in [
+        (magic == _MAGIC_V1, "stream format 1, written by an older dvae-tutorial "
+                             "(this one reads format 2); decode it with that version"),
         (magic != _MAGIC, "not an entropy-coded stream of this package (bad magic)"),
         (coder != coder_id, f"stream was written by coder {coder}, not {coder_id}"),
         (count != n, f"stream holds {count} symbols, the parameters are for {n}"),
@@ -659,11 +665,17 @@ def _split_layered(data: bytes) -> tuple[bytes, bytes, int]:
     return data[pos:pos + n_payload], data[pos + n_payload:], crc
 
 
-def _checksum(body: bytes, symbols: np.ndarray) -> int:
-    """CRC32 of the coded bytes and the symbols: catches any single-bit flip of
-    the stream, and a decode with other parameters (different symbols)."""
+def _checksum(body: bytes, symbols: np.ndarray,
+              shape: tuple[int, ...] | None = None) -> int:
+    """CRC32 of the coded bytes, the symbols and (plain streams) their shape:
+    catches any single-bit flip of the stream, a decode with other parameters
+    (different symbols), and a decode into another shape of the same size (a
+    per-channel prior decodes a reshaped latent without a desync)."""
     data = np.ascontiguousarray(symbols, dtype="<i8")  # no copy on little-endian
-    return zlib.crc32(memoryview(data).cast("B"), zlib.crc32(body))
+    crc = zlib.crc32(memoryview(data).cast("B"), zlib.crc32(body))
+    if shape is not None:
+        crc = zlib.crc32(b"".join(varint(int(d)) for d in shape), crc)
+    return crc
 
 
 def _chunks(count: int):
