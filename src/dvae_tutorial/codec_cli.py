@@ -1,7 +1,7 @@
 """``dvae models``, ``dvae compress``, ``dvae decompress`` and ``dvae evaluate``.
 
-Thin layers over :mod:`dvae_tutorial.codec` and
-:mod:`dvae_tutorial.evaluation` (backs *A discretized VAE codec* and the
+Thin layers over :mod:`dvae_tutorial.codec`, :mod:`dvae_tutorial.evaluation`
+and :mod:`dvae_tutorial.cost` (backs *Results*, *A discretized VAE codec* and the
 appendix on the ``dvae`` command). A bad input file is reported on one line
 of stderr (``dvae compress: error: <file>: <problem>``); the other files are
 still processed, and the exit status is 2 if any failed. An existing output
@@ -25,8 +25,18 @@ from .errors import DVAEError, one_line
 def _cli_models(args: argparse.Namespace) -> int:
     from .codec import shipped_models
 
-    for info in shipped_models(args.family):
-        print(f"{info.name} {info.family} {info.lmbda:g}")
+    infos = shipped_models(args.family)
+    if not args.cost:
+        for info in infos:
+            print(f"{info.name} {info.family} {info.lmbda:g}")
+        return 0
+    from .cost import shipped_cost
+
+    print("NAME FAMILY LMBDA PARAMS MB ENC_KMAC/PX DEC_KMAC/PX")
+    for row in shipped_cost([info.name for info in infos]):
+        print(f"{row['model']} {row['family']} {row['lmbda']:g} {row['parameters']} "
+              f"{row['total_mb']:.2f} {row['encode_kmac_per_pixel']:.1f} "
+              f"{row['decode_kmac_per_pixel']:.1f}")
     return 0
 
 
@@ -85,35 +95,50 @@ def _cli_decompress(args: argparse.Namespace) -> int:
 
 def _cli_evaluate(args: argparse.Namespace) -> int:
     from .codec import shipped_models
-    from .data import kodak_images
-    from .evaluation import evaluate_model, jpeg_curve, series_bd_rates
+    from .evaluation import check_codec, evaluation_report, folder_images
 
+    codecs = ["jpeg"] + [c for c in args.codec if c != "jpeg"]
+    for name in codecs:
+        check_codec(name)  # AVIF without libavif: one line, before any work
     names = args.model or [i.name for i in shipped_models(args.family)]
     if not names:
         raise DVAEError("no models to evaluate (`dvae models` lists the shipped ones)")
-    images = list(kodak_images())[: args.limit]
-    labels = [f"kodim{i + 1:02d}" for i in range(len(images))]
-    jpeg = jpeg_curve(images)
-    results = []
-    for name in names:
-        result = evaluate_model(name, images, labels)
-        results.append(result)
-        print(f"{name}: {result['bpp']:.4f} bpp (−Σlog₂P {result['estimated_bpp']:.4f},"
-              f" +{result['overhead_percent']:.2f} %), {result['psnr']:.2f} dB, "
-              f"encode {result['encode_s']:.2f} s, decode {result['decode_s']:.2f} s"
-              " per image", file=sys.stderr)
-    report = {"dataset": f"Kodak ({len(images)} images)", "jpeg": jpeg,
-              "models": results, "bd_rate_percent": {}}
-    report["bd_rate_percent"] = series_bd_rates(results, jpeg)
-    for key, row in report["bd_rate_percent"].items():
-        print(f"{key}: BD-rate " + ", ".join(f"{k.replace('_', ' ')} {v:+.1f} %"
-                                              for k, v in row.items()), file=sys.stderr)
+    if args.images is not None:
+        images, labels = folder_images(args.images, args.limit)
+        dataset = f"{Path(args.images).resolve().name} ({len(images)} images, native size)"
+    else:
+        from .data import kodak_images
+
+        images = list(kodak_images())[: args.limit]
+        labels = [f"kodim{i + 1:02d}" for i in range(len(images))]
+        dataset = f"Kodak ({len(images)} images)"
+    report = evaluation_report(images, labels, dataset, names, codecs, cost=args.cost,
+                               progress=lambda line: print(line, file=sys.stderr))
+    for title, key in (("BD-rate", "bd_rate_percent"),
+                       ("BD-rate (MS-SSIM)", "bd_rate_ms_ssim_percent")):
+        for series, row in report[key].items():
+            print(f"{series}: {title} " + ", ".join(
+                f"{k.replace('_', ' ')} " + ("n/a" if v is None else f"{v:+.1f} %")
+                for k, v in row.items()), file=sys.stderr)
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")
     else:
         print(text)
     return 0
+
+
+def _codec_list(text: str) -> list[str]:
+    """``--codec`` value: one codec or a comma list (``jpeg,webp``)."""
+    from .evaluation import CODEC_QUALITIES  # no torch import
+
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in CODEC_QUALITIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown codec {', '.join(unknown) or repr(text)}; choose from "
+            f"{', '.join(CODEC_QUALITIES)}")
+    return names
 
 
 def _positive_int(text: str) -> int:
@@ -147,6 +172,12 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``models``, ``compress``, ``decompress`` and ``evaluate``."""
     p = sub.add_parser("models", help="list the shipped models: NAME FAMILY LMBDA")
     p.add_argument("--family", choices=sorted(FAMILIES))
+    p.add_argument("--cost", action="store_true", help="add columns PARAMS, MB "
+                   "(checkpoint files, with the transforms a prior shares), and "
+                   "thousands of multiply-accumulates per pixel to encode and to "
+                   "decode a Kodak-sized image as the codec runs them "
+                   "(torch.utils.flop_counter: convolutions and matrix products; "
+                   "element-wise work and the entropy coder are not counted)")
     p.set_defaults(func=_cli_models)
 
     p = sub.add_parser("compress", help="compress images to .dvae files",
@@ -169,15 +200,33 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
     _add_output_options(p)
     p.set_defaults(func=_cli_decompress)
 
-    p = sub.add_parser("evaluate", help="Kodak RD points of shipped models vs JPEG",
-                       description="Compress and decompress the Kodak images with "
-                       "shipped models through real files; mean bpp (file bytes), "
-                       "−Σlog₂P, 8-bit PSNR; the Pillow JPEG sweep; BD-rate per series.")
+    p = sub.add_parser("evaluate", help="RD points of shipped models vs JPEG, "
+                       "WebP, AVIF (Kodak, or a folder)",
+                       description="Compress and decompress the Kodak images (or "
+                       "every image of --images DIR, native size) with shipped "
+                       "models through real files; mean bpp (file bytes), "
+                       "−Σlog₂P, 8-bit PSNR, MS-SSIM (pytorch-msssim; images "
+                       "with a side under 161 px have none); Pillow sweeps of "
+                       "JPEG and the --codec ones on the same images; BD-rate "
+                       "per series on PSNR and on MS-SSIM in dB, overall and "
+                       "per image (cubic Bjøntegaard, log-rate, overlapping "
+                       "quality range only).")
     p.add_argument("--model", action="append", help="model name (repeatable; "
                    "default: every shipped model, or of --family)")
     p.add_argument("--family", choices=sorted(FAMILIES),
                    help="only this family's shipped models (default: all; BD-rates "
                    "are per series, e.g. single, hier3, hier12)")
-    p.add_argument("--limit", type=int, help="only the first N Kodak images")
+    p.add_argument("--codec", type=_codec_list, action="extend", default=[],
+                   metavar="CODEC", help="also measure these Pillow codecs: jpeg, "
+                   "webp, avif (repeatable or a comma list; AVIF only where "
+                   "Pillow writes it). JPEG is always measured: it is the "
+                   "reference of every BD-rate vs JPEG")
+    p.add_argument("--images", metavar="DIR", help="evaluate on every image under "
+                   "DIR (recursive, sorted, native size) instead of Kodak")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="only the first N images (Kodak, or of --images)")
+    p.add_argument("--cost", action="store_true", help="add the models' cost "
+                   "(parameters, bytes, kMAC/pixel; as `dvae models --cost`) "
+                   "to the report")
     p.add_argument("--json", metavar="PATH", help="write the report here, not stdout")
     p.set_defaults(func=_cli_evaluate)
