@@ -124,3 +124,69 @@ def test_series_bd_rates_oracle_a_constant_rate_ratio():
     assert table["hier12"] == {"vs_jpeg": pytest.approx(-44.0),
                                "vs_single": pytest.approx(-30.0),
                                "vs_hier3": pytest.approx(-12.5)}
+
+
+def test_series_bd_rates_on_ms_ssim_db_with_codec_rows():
+    """The same oracle on the MS-SSIM (dB) axis, and the classical codecs'
+    rows: WebP at 0.9× JPEG's rates is −10 % vs JPEG; JPEG and WebP against
+    the single-layer series follow from the ratios."""
+    from dvae_tutorial.evaluation import series_bd_rates
+
+    db = [10.0, 12.0, 14.0, 16.0]
+    rates = [0.15, 0.35, 0.7, 1.25]
+    rows = [{"model": f"single-{i}", "bpp": r * 0.8, "psnr": 30.0 + i,
+             "ms_ssim_db": q} for i, (r, q) in enumerate(zip(rates, db, strict=True))]
+    jpeg = {"bpp": rates, "psnr": [29.0, 31.0, 33.0, 35.0], "ms_ssim_db": db}
+    webp = {"bpp": [r * 0.9 for r in rates], "ms_ssim_db": db, "psnr": jpeg["psnr"]}
+    table = series_bd_rates(rows, jpeg, "ms_ssim_db", {"jpeg": jpeg, "webp": webp})
+    assert table["single"] == {"vs_jpeg": pytest.approx(-20.0)}
+    assert table["webp"] == {"vs_jpeg": pytest.approx(-10.0),
+                             "vs_single": pytest.approx(12.5)}
+    assert table["jpeg"] == {"vs_single": pytest.approx(25.0)}
+    # a curve without the metric (MS-SSIM not measured) has no row
+    assert series_bd_rates(rows, {"bpp": rates, "psnr": jpeg["psnr"]},
+                           "ms_ssim_db") == {}
+
+
+def test_series_bd_rates_is_none_where_curves_do_not_overlap():
+    from dvae_tutorial.evaluation import series_bd_rates
+
+    rates = [0.15, 0.35, 0.7, 1.25]
+    rows = [{"model": f"single-{i}", "bpp": r, "psnr": 40.0 + 2 * i}
+            for i, r in enumerate(rates)]
+    jpeg = {"bpp": rates, "psnr": [26.0, 28.0, 30.0, 32.0]}
+    assert series_bd_rates(rows, jpeg) == {"single": {"vs_jpeg": None}}
+
+
+def test_per_image_bd_rates_compare_each_images_own_curves():
+    """Image A's model curve is at 0.5× its JPEG rates, image B's at 0.8×:
+    −50 % and −20 % (oracle: constant ratios), one entry per image."""
+    from dvae_tutorial.evaluation import per_image_bd_rates
+
+    psnr = [26.0, 29.0, 32.0, 35.0]
+    rates = {"A": [0.2, 0.4, 0.8, 1.6], "B": [0.1, 0.3, 0.6, 1.0]}
+    factor = {"A": 0.5, "B": 0.8}
+    results = [{"model": f"single-{j}", "images": [
+        {"image": name, "bpp": rates[name][j] * factor[name], "psnr": psnr[j]}
+        for name in rates]} for j in range(4)]
+    jpeg = {"images": [{"image": name, "bpp": r, "psnr": psnr} for name, r in rates.items()]}
+    webp = {"images": [{"image": name, "bpp": [x * 0.9 for x in r], "psnr": psnr}
+                       for name, r in rates.items()]}
+    table = per_image_bd_rates(results, jpeg, "psnr", {"jpeg": jpeg, "webp": webp})
+    assert table["single"] == {"A": pytest.approx(-50.0), "B": pytest.approx(-20.0)}
+    assert table["webp"] == {"A": pytest.approx(-10.0), "B": pytest.approx(-10.0)}
+    assert set(table) == {"single", "webp"}  # JPEG is the reference, not a row
+
+
+def test_codec_curve_keeps_jpeg_numbers_and_per_image_rows():
+    from dvae_tutorial.evaluation import codec_curve
+
+    rng = np.random.default_rng(2)
+    images = [(rng.random((40, 56, 3)) * 255).astype(np.uint8) for _ in range(2)]
+    curve = codec_curve("jpeg", images, qualities=(10, 50, 90), ms_ssim=False)
+    assert curve["bpp"] == jpeg_curve(images, (10, 50, 90))["bpp"]
+    assert curve["psnr"] == jpeg_curve(images, (10, 50, 90))["psnr"]
+    assert [row["image"] for row in curve["images"]] == ["image00", "image01"]
+    assert curve["images"][1]["bytes"] == [jpeg_point(images[1], q).nbytes
+                                           for q in (10, 50, 90)]
+    assert curve["ms_ssim"] == [None] * 3 and curve["ms_ssim_images"] == 0
