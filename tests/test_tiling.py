@@ -34,38 +34,44 @@ def test_tiles_cover_the_grid_once_with_clipped_regions(height, width, tile, hal
     assert (count == 1).all()
 
 
-@pytest.fixture(scope="module")
-def model64():
+def model64(gdn=True):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=8, latent_channels=6, hyperprior=False))
+    model = build_model(ModelConfig(channels=8, latent_channels=6, hyperprior=False,
+                                    gdn=gdn))
     return model.eval().double()
 
 
+@pytest.mark.parametrize("gdn", [True, False])
 @pytest.mark.parametrize("tile", [1, 3, 5])
-def test_tiled_transforms_equal_whole_ones_with_a_halo_of_two(model64, tile):
-    """In float64 the tiled result is the whole-image one (the 5×5 stride-2
-    layers reach two latents); a halo of one is not enough (the test can fail)."""
-    x = to_tensor01(smooth(96, 144))[None].double()
+def test_tiled_transforms_equal_whole_ones_with_the_models_halo(gdn, tile):
+    """In float64 the tiled result is the whole-image one with the halo the
+    model's transforms need (2 latents for GDN transforms, 4 with residual
+    blocks); one latent less is not enough (the test can fail)."""
+    model = model64(gdn)
+    halo = tiling.halo_for(model.config)
+    assert halo == (2 if gdn else 4)
+    x = to_tensor01(smooth(160, 192))[None].double()
     with torch.no_grad():
-        y = model64.g_a(x)
+        y = model.g_a(x)
         y_hat = torch.randint(-3, 4, y.shape, generator=torch.Generator().manual_seed(1),
                               dtype=torch.float64)
-        x_hat = model64.g_s(y_hat)
-        for halo in (2, 4):
-            assert torch.allclose(tiling.analysis(model64.g_a, x, tile, halo), y,
+        x_hat = model.g_s(y_hat)
+        for h in (halo, halo + 2):
+            assert torch.allclose(tiling.analysis(model.g_a, x, tile, h), y,
                                   rtol=0, atol=1e-12)
-            assert torch.allclose(tiling.synthesis(model64.g_s, y_hat, tile, halo),
+            assert torch.allclose(tiling.synthesis(model.g_s, y_hat, tile, h),
                                   x_hat, rtol=0, atol=1e-12)
-        assert (tiling.analysis(model64.g_a, x, tile, 1) - y).abs().max() > 1e-6
-        assert (tiling.synthesis(model64.g_s, y_hat, tile, 1) - x_hat).abs().max() > 1e-6
+        short = halo - 1
+        assert (tiling.analysis(model.g_a, x, tile, short) - y).abs().max() > 1e-8
+        assert (tiling.synthesis(model.g_s, y_hat, tile, short) - x_hat).abs().max() > 1e-8
 
 
-def test_small_images_run_whole_and_bad_arguments_are_refused(model64):
-    calls = []
+def test_small_images_run_whole_and_bad_arguments_are_refused():
+    calls, model = [], model64()
 
     def g_a(x):
         calls.append(tuple(x.shape))
-        return model64.g_a(x)
+        return model.g_a(x)
 
     x = torch.rand(1, 3, 64, 48, dtype=torch.float64)
     tiling.analysis(g_a, x, tile=2, halo=2)  # 4×3 latents ≤ tile + halo
@@ -73,7 +79,7 @@ def test_small_images_run_whole_and_bad_arguments_are_refused(model64):
     with pytest.raises(ValueError, match="divisible by 16"):
         tiling.analysis(g_a, x[..., :40], tile=2, halo=2)
     with pytest.raises(ValueError, match="tile >= 1"):
-        tiling.synthesis(model64.g_s, torch.zeros(1, 6, 2, 2), tile=0)
+        tiling.synthesis(model.g_s, torch.zeros(1, 6, 2, 2), tile=0)
 
 
 def test_codec_tiles_large_images_exactly_enough(monkeypatch):

@@ -243,6 +243,16 @@ class HierarchicalPriorVAE(nn.Module):
         """Images are padded to multiples of this (64 for three stages)."""
         return self.config.stride
 
+    def _analyze(self, x: Tensor) -> Tensor:
+        """``g_a`` of ``x`` padded to the stride, in tiles (:mod:`~dvae_tutorial.tiling`)."""
+        return tiling.analysis(self.g_a, pad_to_multiple(x, self.stride),
+                               halo=tiling.halo_for(self.config))
+
+    def _synthesize(self, y: Tensor) -> Tensor:
+        """``g_s(y)`` in tiles, the same pixels in every setting
+        (:func:`~dvae_tutorial.tiling.synthesis`)."""
+        return tiling.synthesis(self.g_s, y, halo=tiling.halo_for(self.config))
+
     def padded_size(self, shape: tuple[int, int]) -> tuple[int, int]:
         """(H, W) rounded up to multiples of :attr:`stride`."""
         return tuple(-(-int(side) // self.stride) * self.stride for side in shape)
@@ -261,7 +271,7 @@ class HierarchicalPriorVAE(nn.Module):
         else:  # the coder's float64 prior: x_hat is exactly decompress's
             bits, y_q = self._coding_prior().bits(y.double())
             y_q = y_q.to(y.dtype)
-        x_hat = crop(self.g_s(y_q) if self.training else tiling.synthesis(self.g_s, y_q),
+        x_hat = crop(self.g_s(y_q) if self.training else self._synthesize(y_q),
                      size)
         bpp = sum(bits.values()) / (size[0] * size[1])
         mse = (x_hat - x).square().mean((1, 2, 3))
@@ -283,7 +293,7 @@ class HierarchicalPriorVAE(nn.Module):
             return quantize(post, mean)
 
         out = self._coding_prior().top_down(x.shape[0], tuple(y.shape[-2:]), choose, y)
-        x_hat = crop(tiling.synthesis(self.g_s, out.latents[-1].float()), x.shape[-2:])
+        x_hat = crop(self._synthesize(out.latents[-1].float()), x.shape[-2:])
         return TopDownPass(x_hat, out.latents, out.prior_means, out.prior_scales, posts)
 
     def _coding_prior(self) -> LatentHierarchy:
@@ -325,7 +335,7 @@ class HierarchicalPriorVAE(nn.Module):
         x = x.unsqueeze(0) if x.dim() == 3 else x
         _check_images(x, single=True)
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        y = tiling.analysis(self.g_a, pad_to_multiple(x, self.stride)).double()
+        y = self._analyze(x).double()
         del x  # the image is not needed any more (large photos: memory)
         encoder, bits = LayeredEncoder(), 0.0
 
@@ -381,7 +391,7 @@ class HierarchicalPriorVAE(nn.Module):
         y_hat = self._coding_prior().top_down(1, size, choose).latents[-1]
         if k == layers:
             decoder.finish()
-        return crop(tiling.synthesis(self.g_s, y_hat.float()), shape).clamp(0.0, 1.0)
+        return crop(self._synthesize(y_hat.float()), shape).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def sample(self, n: int, shape: tuple[int, int] = (64, 64),

@@ -174,6 +174,16 @@ class SingleLayerVAE(nn.Module):
         """Images are padded to multiples of this (16, or 64 with a hyperprior)."""
         return self.config.stride
 
+    def _analyze(self, x: Tensor) -> Tensor:
+        """``g_a`` of ``x`` padded to the stride, in tiles (:mod:`~dvae_tutorial.tiling`)."""
+        return tiling.analysis(self.g_a, pad_to_multiple(x, self.stride),
+                               halo=tiling.halo_for(self.config))
+
+    def _synthesize(self, y: Tensor) -> Tensor:
+        """``g_s(y)`` in tiles, the same pixels in every setting
+        (:func:`~dvae_tutorial.tiling.synthesis`)."""
+        return tiling.synthesis(self.g_s, y, halo=tiling.halo_for(self.config))
+
     def prior_parameters(self, y_shape: torch.Size | tuple[int, ...],
                          z_hat: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The one prior path of ``y``: ``(mean, scale)``, each of shape ``y_shape``.
@@ -229,7 +239,7 @@ class SingleLayerVAE(nn.Module):
         mean, scale = self.prior_parameters(y.shape, z_q)
         y_q = self._noisy_or_rounded(y, mean)
         bits["y"] = discretized_gaussian_bits(y_q, mean, scale).sum((1, 2, 3))
-        x_hat = crop(self.g_s(y_q) if self.training else tiling.synthesis(self.g_s, y_q),
+        x_hat = crop(self.g_s(y_q) if self.training else self._synthesize(y_q),
                      size)
         bpp = sum(bits.values()) / (size[0] * size[1])
         mse = (x_hat - x).square().mean((1, 2, 3))
@@ -252,7 +262,7 @@ class SingleLayerVAE(nn.Module):
         x = x.unsqueeze(0) if x.dim() == 3 else x
         _check_images(x, single=True)
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        y = tiling.analysis(self.g_a, pad_to_multiple(x, self.stride))
+        y = self._analyze(x)
         del x  # the image is not needed any more (large photos: memory)
         strings, z_hat, bits = [], None, 0.0
         if self.config.hyperprior:
@@ -308,7 +318,7 @@ class SingleLayerVAE(nn.Module):
             z_hat = decode_latents(strings[0], z_mean, z_scale, z_shape)
         mean, scale = self.prior_parameters(y_shape, z_hat)
         y_hat = decode_latents(strings[-1], mean, scale, y_shape)
-        return crop(tiling.synthesis(self.g_s, y_hat), shape).clamp(0.0, 1.0)
+        return crop(self._synthesize(y_hat), shape).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def sample(self, n: int, shape: tuple[int, int] = (64, 64),

@@ -17,20 +17,20 @@ works on it whole. So only the transforms are tiled:
 A latent of ``g_a`` depends on the pixels within two latents of it and a
 pixel of ``g_s`` on the latents within two of it (measured: one pixel moves
 latents ±1 away, one latent moves pixels ±2 latents away; the 5×5 stride-2
-layers give these radii), so with a halo of 4 every kept value is computed
-from exactly the inputs the whole-image transform uses: tiled equals whole
-to rounding (1e-12 in float64, tested). In float32 the convolution library
+layers give these radii), so with a halo of 2 (:data:`HALO_GDN`; 4 for the
+residual-block transforms) every kept value is computed from exactly the
+inputs the whole-image transform uses: tiled equals whole to rounding
+(1e-15 in float64, tested). In float32 the convolution library
 may sum in another order for another tile shape; that can move a latent by
 ~1e-6 and, very rarely, the rounding of one symbol — the file is still a
 valid file, and the decoder is defined by the tiling it runs. The tile grid
 is fixed (it does not depend on the machine or on free memory), so one file
-always decodes to the same pixels. Images of at most ``TILE + HALO`` latents
-a side (a 1088-pixel side: Kodak, every chapter) run whole, exactly as before.
+always decodes to the same pixels. Images of at most ``TILE + halo`` latents
+a side (1056 pixels: Kodak, every chapter) run whole, exactly as before.
 
-Cost: the halo makes each tile's work ``((TILE + 2·HALO)/TILE)² ≈ 1.27`` times
-its share, but tiles fit the CPU's caches better than a whole 12 MP
-activation; ``bench/large_images.py`` measures seconds and peak memory per
-megapixel for both.
+Cost: the halo makes each tile's work ``((TILE + 2·halo)/TILE)² ≈ 1.13``
+times its share (halo 2); ``bench/large_images.py`` measures seconds and
+peak memory per megapixel, tiled and whole.
 
 Written here rather than taken from a library: CompressAI and the other
 learned-codec libraries code images whole (their users hit this wall; see
@@ -52,8 +52,19 @@ from .configs import LATENT_STRIDE
 #: Side of a tile, in latents (× 16 pixels: 1024). Part of the decoder's
 #: definition: a file decodes to the same pixels wherever this is the same.
 TILE = 64
-#: Latents of context computed around each tile (the transforms' reach is 2).
+#: Latents of context computed around each tile: the transforms' reach.
+#: GDN transforms (every shipped model): 2 — their 5×5 stride-2 layers reach
+#: two latents (a halo of 1 is not exact, 2 is: tested in float64).
+HALO_GDN = 2
+#: Transforms with residual blocks (``gdn=False``; their 3×3 layers reach
+#: further): 4 (3 is not exact, 4 is). Also the default of :func:`analysis`.
 HALO = 4
+
+
+def halo_for(config: object) -> int:
+    """The halo a model's transforms need: :data:`HALO_GDN` for GDN
+    transforms (``config.gdn``), else :data:`HALO`."""
+    return HALO_GDN if getattr(config, "gdn", False) else HALO
 
 
 def tiles(height: int, width: int, tile: int = TILE,
