@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from . import tiling
 from .configs import LATENT_STRIDE, STAGE_FACTOR, HierarchicalPriorConfig, ModelConfig
 from .distributions import discretized_gaussian_bits
-from .entropy_coding import LayeredDecoder, LayeredEncoder
+from .entropy_coding import LAYER_CHUNK, LayeredDecoder, LayeredEncoder
 from .errors import CodingError, DVAEError
 from .hierarchical_vae import (
     ChooseLatent,
@@ -343,7 +343,7 @@ class HierarchicalPriorVAE(nn.Module):
             nonlocal bits
             encoder.encode(post, mean, scale)
             z_hat = quantize(post, mean)
-            bits += float(discretized_gaussian_bits(z_hat, mean, scale).sum())
+            bits += _total_bits(z_hat, mean, scale)
             return z_hat
 
         self._coding_prior().top_down(1, tuple(y.shape[-2:]), choose, y)
@@ -416,6 +416,19 @@ class HierarchicalPriorVAE(nn.Module):
                                                          generator))
         x_hat = crop(self.g_s(out.latents[-1]), shape).clamp(0.0, 1.0)
         return TopDownPass(x_hat, out.latents, out.prior_means, out.prior_scales, [])
+
+
+def _total_bits(z: Tensor, mean: Tensor, scale: Tensor) -> float:
+    """``-Σ log₂ p̂(z)`` of one layer; over runs of ``LAYER_CHUNK`` elements
+    when it is larger (the temporaries of a 12-megapixel photo's ``y`` would
+    take half a gigabyte), whole otherwise (every Kodak image: the same sum)."""
+    if z.numel() <= LAYER_CHUNK:
+        return float(discretized_gaussian_bits(z, mean, scale).sum())
+    z, mean, scale = (t.expand_as(z).reshape(-1) for t in (z, mean, scale))
+    return sum(float(discretized_gaussian_bits(z[i:i + LAYER_CHUNK],
+                                               mean[i:i + LAYER_CHUNK],
+                                               scale[i:i + LAYER_CHUNK]).sum())
+               for i in range(0, z.numel(), LAYER_CHUNK))
 
 
 #: Rate warm-up of :class:`PriorTraining`: the ``z`` layers' bits enter the
