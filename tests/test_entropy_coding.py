@@ -305,3 +305,24 @@ def test_layered_stream_round_trips_in_runs_of_any_length(monkeypatch, chunk):
         for y, mean, scale in layers:
             decoder.decode(mean, scale, tuple(y.shape))
         decoder.finish()
+
+
+@pytest.mark.parametrize("chunk", [5, 50, 2**20])
+def test_fast_coder_runs_round_trip_and_one_run_is_the_whole_stream(monkeypatch, chunk):
+    """FastCoder codes streams over LAYER_CHUNK symbols in runs (bounded
+    memory on large photos): exact round trip with escapes and broadcast
+    parameters; a stream within one run is byte for byte the unchunked one."""
+    from dvae_tutorial import entropy_coding
+
+    rng = np.random.default_rng(chunk)
+    shape = (1, 4, 6, 5)
+    scales = 0.11 + 5 * rng.random((1, 4, 1, 1))
+    symbols = np.rint(rng.normal(0, 3, shape)).astype(np.int64)
+    symbols.flat[::17] = 4000  # escapes
+    whole = FastCoder().encode(symbols, 0.0, scales)
+    monkeypatch.setattr(entropy_coding, "LAYER_CHUNK", chunk)
+    data = FastCoder().encode(symbols, 0.0, scales)
+    assert (data == whole) == (chunk >= symbols.size)
+    assert np.array_equal(FastCoder().decode(data, np.zeros(shape), scales), symbols)
+    with pytest.raises(CodingError):
+        FastCoder().decode(data[:-1], np.zeros(shape), scales)

@@ -76,8 +76,8 @@ def test_small_images_run_whole_and_bad_arguments_are_refused():
     x = torch.rand(1, 3, 64, 48, dtype=torch.float64)
     tiling.analysis(g_a, x, tile=2, halo=2)  # 4×3 latents ≤ tile + halo
     assert calls == [(1, 3, 64, 48)]
-    with pytest.raises(ValueError, match="divisible by 16"):
-        tiling.analysis(g_a, x[..., :40], tile=2, halo=2)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        tiling.analysis(g_a, x, tile=2, halo=2, multiple=24)
     with pytest.raises(ValueError, match="tile >= 1"):
         tiling.synthesis(model.g_s, torch.zeros(1, 6, 2, 2), tile=0)
 
@@ -135,3 +135,20 @@ def test_synthesis_pins_onednn_and_restores_the_callers_setting():
     with torch.no_grad():
         y = torch.randn(1, model.g_s[0].in_channels, 3, 4).round()
         assert torch.allclose(tiling.synthesis(model.g_s, y), model.g_s(y), atol=1e-4)
+
+
+@pytest.mark.parametrize("height,width,multiple", [(70, 41, 16), (100, 130, 64),
+                                                   (16, 16, 64)])
+def test_tiles_pad_their_own_regions_like_the_whole_image(height, width, multiple):
+    """Each tile replicate-pads its own region (no padded copy of the image):
+    the result is g_a of the padded image, in float64 to rounding."""
+    from dvae_tutorial.single_layer_vae import pad_to_multiple
+
+    model = model64()
+    x = to_tensor01(smooth(height, width, seed=2))[None].double()
+    with torch.no_grad():
+        whole = model.g_a(pad_to_multiple(x, multiple))
+        for tile in (1, 2, 50):
+            tiled = tiling.analysis(model.g_a, x, tile, 2, multiple=multiple)
+            assert tiled.shape == whole.shape
+            assert torch.allclose(tiled, whole, rtol=0, atol=1e-12)

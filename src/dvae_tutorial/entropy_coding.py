@@ -257,6 +257,8 @@ class _FramedCoder:
     """
 
     coder_id = 0
+    #: Whether streams over :data:`LAYER_CHUNK` symbols are coded in runs.
+    runs = False
 
     def encode(self, symbols: ArrayLike, means: ArrayLike, scales: ArrayLike) -> bytes:
         """Code integer ``symbols`` under the discretized N(means, scales²).
@@ -274,11 +276,16 @@ class _FramedCoder:
         """
         sym = _integers(symbols)
         shape = sym.shape
-        centre, si, oi = _parameters(means, scales, shape)
-        sym = sym.ravel()
-        coded, excess = _clip_escapes(sym - centre, si)
+        if self.runs and sym.size > LAYER_CHUNK:
+            sym = sym.ravel()
+            payload, excess = self._encode_runs(sym, *_flat_parameters(means, scales,
+                                                                       shape))
+        else:
+            centre, si, oi = _parameters(means, scales, shape)
+            sym = sym.ravel()
+            coded, excess = _clip_escapes(sym - centre, si)
+            payload = self._encode_core(coded, si, oi)
         escapes = rans.gamma_encode(excess)
-        payload = self._encode_core(coded, si, oi)
         crc = _checksum(payload + escapes, sym, shape)
         header = _HEADER.pack(
             _MAGIC, self.coder_id, sym.size, len(payload), len(escapes), crc
@@ -302,11 +309,16 @@ class _FramedCoder:
                 other parameters).
         """
         shape = np.broadcast_shapes(np.shape(means), np.shape(scales))
-        centre, si, oi = _parameters(means, scales, shape)
-        payload, escapes, crc = _split_stream(data, self.coder_id, centre.size)
-        coded = self._decode_core(payload, si, oi)
+        count = math.prod(shape)
+        payload, escapes, crc = _split_stream(data, self.coder_id, count)
         reader = rans.GammaReader(escapes)
-        sym = _restore_escapes(coded, si, reader) + centre
+        if self.runs and count > LAYER_CHUNK:
+            sym = self._decode_runs(payload, reader,
+                                    *_flat_parameters(means, scales, shape))
+        else:
+            centre, si, oi = _parameters(means, scales, shape)
+            coded = self._decode_core(payload, si, oi)
+            sym = _restore_escapes(coded, si, reader) + centre
         reader.finish()
         if _checksum(payload + escapes, sym, shape) != crc:
             raise CodingError(
@@ -415,6 +427,31 @@ class FastCoder(_FramedCoder):
         coded = np.empty_like(decoded)
         coded[order] = decoded
         return coded
+
+    #: Code more than :data:`LAYER_CHUNK` symbols in runs of that many (each
+    #: run grouped by scale index): bounded memory on large photos; a
+    #: stream of at most that many symbols (every Kodak latent) is one run.
+    runs = True
+
+    def _encode_runs(self, sym, means, scales) -> tuple[bytes, list[int]]:
+        encoder, excess = constriction.stream.queue.RangeEncoder(), []
+        for part in _chunks(sym.size):
+            centre, si, oi = _parameters(means[part], scales[part],
+                                         (part.stop - part.start,))
+            coded, more = _clip_escapes(sym[part] - centre, si)
+            self._encode_into(encoder, coded, si, oi)
+            excess += more
+        return encoder.get_compressed().astype("<u4").tobytes(), excess
+
+    def _decode_runs(self, payload, reader, means, scales) -> np.ndarray:
+        decoder, sym = _range_decoder(payload), np.empty(scales.size, np.int64)
+        for part in _chunks(scales.size):
+            centre, si, oi = _parameters(means[part], scales[part],
+                                         (part.stop - part.start,))
+            coded = self._decode_from(decoder, si, oi)
+            sym[part] = _restore_escapes(coded, si, reader) + centre
+        _check_exhausted(decoder)
+        return sym
 
     def _encode_core(self, coded, si, oi):
         encoder = constriction.stream.queue.RangeEncoder()
@@ -676,6 +713,15 @@ def _checksum(body: bytes, symbols: np.ndarray,
     if shape is not None:
         crc = zlib.crc32(b"".join(varint(int(d)) for d in shape), crc)
     return crc
+
+
+def _flat_parameters(means: ArrayLike, scales: ArrayLike,
+                     shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``means`` and ``scales`` as flat float64 arrays of ``shape``'s size, for
+    slicing run by run (a scalar stays a zero-stride view: no copy)."""
+    m = np.broadcast_to(np.asarray(means, dtype=np.float64), shape).reshape(-1)
+    s = np.broadcast_to(np.asarray(scales, dtype=np.float64), shape).reshape(-1)
+    return m, s
 
 
 def _chunks(count: int):

@@ -245,8 +245,8 @@ class HierarchicalPriorVAE(nn.Module):
 
     def _analyze(self, x: Tensor) -> Tensor:
         """``g_a`` of ``x`` padded to the stride, in tiles (:mod:`~dvae_tutorial.tiling`)."""
-        return tiling.analysis(self.g_a, pad_to_multiple(x, self.stride),
-                               halo=tiling.halo_for(self.config))
+        return tiling.analysis(self.g_a, x, halo=tiling.halo_for(self.config),
+                               multiple=self.stride)
 
     def _synthesize(self, y: Tensor) -> Tensor:
         """``g_s(y)`` in tiles, the same pixels in every setting

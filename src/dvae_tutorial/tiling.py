@@ -97,27 +97,54 @@ def _inner(part: slice, region: slice, factor: int = 1) -> slice:
 
 
 def analysis(g_a: Callable[[Tensor], Tensor], x: Tensor, tile: int | None = None,
-             halo: int | None = None) -> Tensor:
-    """``g_a(x)`` tile by tile: ``x`` (B, 3, H, W) with sides divisible by 16
-    (already padded) → ``y`` (B, M, H/16, W/16), contiguous. ``tile`` and
-    ``halo`` default to :data:`TILE` and :data:`HALO` (read at call time).
+             halo: int | None = None, multiple: int = LATENT_STRIDE) -> Tensor:
+    """``g_a`` of ``x`` (B, 3, H, W) replicate-padded on the bottom and right
+    to sides divisible by ``multiple`` (a multiple of 16), tile by tile → ``y``
+    (B, M, H'/16, W'/16). Each tile pads its own region (row and column
+    indices clamped to the image), so no padded copy of a large image is made.
+    ``tile`` and ``halo`` default to :data:`TILE` and :data:`HALO` (read at
+    call time).
 
     Raises:
-        ValueError: sides not divisible by 16, or ``tile < 1``, ``halo < 0``.
+        ValueError: ``multiple`` not a multiple of 16, ``tile < 1``, ``halo < 0``.
     """
     tile, halo = _checked(tile, halo)
-    height, width = _latent_sides(x)
+    if multiple % LATENT_STRIDE:
+        raise ValueError(f"analysis pads to multiples of {LATENT_STRIDE}, got {multiple}")
+    height, width = (-(-int(side) // multiple) * multiple // LATENT_STRIDE
+                     for side in x.shape[-2:])
     if _fits(height, width, tile, halo):
-        return g_a(x)
+        return g_a(_replicate_pad(x, height * LATENT_STRIDE, width * LATENT_STRIDE))
     out = None
     for rows, cols, region_rows, region_cols in tiles(height, width, tile, halo):
-        part = g_a(x[..., _scaled(region_rows, LATENT_STRIDE),
-                     _scaled(region_cols, LATENT_STRIDE)])
+        part = g_a(_region(x, _scaled(region_rows, LATENT_STRIDE),
+                           _scaled(region_cols, LATENT_STRIDE)))
         if out is None:
             out = part.new_empty((*part.shape[:2], height, width))
         out[..., rows, cols] = part[..., _inner(rows, region_rows),
                                     _inner(cols, region_cols)]
     return out
+
+
+def _replicate_pad(x: Tensor, height: int, width: int) -> Tensor:
+    """``x`` padded on the bottom and right to ``height × width`` by repeating
+    its last row and column (``x`` itself when nothing is needed)."""
+    pad_h, pad_w = height - x.shape[-2], width - x.shape[-1]
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def _region(x: Tensor, rows: slice, cols: slice) -> Tensor:
+    """``x`` replicate-padded, then ``[..., rows, cols]``: the rows and
+    columns past the image repeat its last ones."""
+    height, width = x.shape[-2:]
+    if rows.start >= height or cols.start >= width:  # wholly in the padding
+        index_r = torch.arange(rows.start, rows.stop, device=x.device).clamp_(max=height - 1)
+        index_c = torch.arange(cols.start, cols.stop, device=x.device).clamp_(max=width - 1)
+        return x.index_select(-2, index_r).index_select(-1, index_c)
+    part = x[..., rows.start:min(rows.stop, height), cols.start:min(cols.stop, width)]
+    return _replicate_pad(part, rows.stop - rows.start, cols.stop - cols.start)
 
 
 def synthesis(g_s: Callable[[Tensor], Tensor], y: Tensor, tile: int | None = None,
@@ -230,11 +257,3 @@ def _checked(tile: int | None, halo: int | None) -> tuple[int, int]:
     if tile < 1 or halo < 0:
         raise ValueError(f"tiles need tile >= 1 and halo >= 0, got {tile}, {halo}")
     return tile, halo
-
-
-def _latent_sides(x: Tensor) -> tuple[int, int]:
-    height, width = x.shape[-2:]
-    if height % LATENT_STRIDE or width % LATENT_STRIDE:
-        raise ValueError(f"analysis tiles need sides divisible by {LATENT_STRIDE}, "
-                         f"got {height}×{width} (pad the image first)")
-    return height // LATENT_STRIDE, width // LATENT_STRIDE
