@@ -150,15 +150,15 @@ def main() -> None:
             original = mosaic(width, height)
             Image.fromarray(original).save(photo, compress_level=1)
             for name in args.model:
-                modes = [True, False] if args.compare_whole else [args.whole]
+                modes = [False, True] if args.compare_whole else [args.whole]
                 runs = [code_photo(photo, original, name, Path(tmp, f"{name}-{whole}"),
                                    whole, args.threads) for whole in modes]
                 case = {"model": name, "megapixels": round(width * height / 1e6, 2),
                         "size": f"{width}x{height}", **runs[0]}
                 if args.compare_whole:
                     case["whole"] = runs[1]
-                    case.update(compare(Path(tmp, f"{name}-True"),
-                                        Path(tmp, f"{name}-False"), photo.stem))
+                    case.update(compare(Path(tmp, f"{name}-False"),
+                                        Path(tmp, f"{name}-True"), photo.stem))
                 cases.append(case)
     at12 = [c["compress"].get("peak_rss_gb", 1e9) for c in cases if c["megapixels"] == 12]
     at12 += [c["decompress"].get("peak_rss_gb", 1e9) for c in cases
