@@ -166,7 +166,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "large_images", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": platform.machine(), "threads": args.threads,
-        "tile_latents": tiling.TILE, "halo_latents": tiling.HALO,
+        "tile_latents": tiling.TILE,
+        "halo_latents": {"gdn": tiling.HALO_GDN, "residual_blocks": tiling.HALO},
         "cases": cases,
         "targets": {"peak_rss_gb_at_12mp": TARGET_GB_AT_12MP,
                     "met_12mp": bool(at12) and max(at12) <= TARGET_GB_AT_12MP,
