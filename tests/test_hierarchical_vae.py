@@ -362,3 +362,24 @@ def test_float64_depthwise_shift_and_add_equals_the_convolution(k):
                                 groups=6).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     torch.testing.assert_close(block(x), x + block.pw2(torch.nn.functional.gelu(
         block.pw1(normed))), rtol=1e-12, atol=1e-12)
+
+
+def test_float64_conv_is_pytorchs_on_small_inputs_and_k_squared_products_on_large():
+    """hierarchical_vae.Conv2d: bit for bit nn.Conv2d below the threshold (every
+    Kodak latent), the k² matrix products of dense_float64 above it (bounded
+    memory), equal to nn.Conv2d to rounding (oracle: torch)."""
+    from dvae_tutorial import hierarchical_vae as hv
+
+    torch.manual_seed(0)
+    conv = hv.Conv2d(6, 5, 3, padding=1).double()
+    small = torch.randn(2, 6, 8, 9, dtype=torch.float64)
+    large = torch.randn(1, 6, 130, 131, dtype=torch.float64)
+    assert large.shape[-1] * large.shape[-2] > hv.DENSE_FLOAT64_POSITIONS
+    with torch.no_grad():
+        plain = torch.nn.functional.conv2d
+        assert torch.equal(conv(small), plain(small, conv.weight, conv.bias, padding=1))
+        assert torch.allclose(conv(large), plain(large, conv.weight, conv.bias, padding=1),
+                              rtol=0, atol=1e-12)
+        assert torch.allclose(hv.dense_float64(small, conv),
+                              plain(small, conv.weight, conv.bias, padding=1),
+                              rtol=0, atol=1e-12)

@@ -113,10 +113,18 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if (x.dtype == torch.float64 and self.kernel_size[0] > 1
+                and x.shape[-2] * x.shape[-1] > DENSE_FLOAT64_POSITIONS
                 and self.stride == (1, 1) and self.groups == 1
                 and self.padding_mode == "zeros"):
             return dense_float64(x, self)
         return super().forward(x)
+
+
+#: :class:`Conv2d` takes the k² route on float64 inputs of more positions
+#: than this (a 4-megapixel photo's latent); smaller ones — every Kodak image —
+#: keep PyTorch's convolution, which is faster there and leaves their files as
+#: they were.
+DENSE_FLOAT64_POSITIONS = 2**14
 
 
 def dense_float64(x: Tensor, conv: nn.Conv2d) -> Tensor:
@@ -126,19 +134,22 @@ def dense_float64(x: Tensor, conv: nn.Conv2d) -> Tensor:
     Hand-written for memory: PyTorch's float64 convolution unfolds its whole
     input first (im2col), ``k²`` times the input's size — 650 MB for the
     prior's first 3×3 convolution on a 12-megapixel photo's latent, the peak
-    of the coding pass. Here the largest temporary is one shifted copy.
-    Agrees with ``conv`` to ~1e-15 (another summation order).
+    of the coding pass. Here the largest temporary is one shifted copy, and
+    each tap is one matrix product. Agrees with ``conv`` to ~1e-15 (another
+    summation order).
     """
     k, pad = conv.kernel_size, conv.padding
-    h, w = x.shape[-2:]
+    batch, channels, h, w = x.shape
     padded = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
     out = None
     for i in range(k[0]):
         for j in range(k[1]):
-            term = F.conv2d(padded[..., i:i + h, j:j + w],
-                            conv.weight[:, :, i:i + 1, j:j + 1])
+            shifted = padded[..., i:i + h, j:j + w].reshape(batch, channels, h * w)
+            term = torch.matmul(conv.weight[:, :, i, j], shifted)  # (B, C_out, h·w)
             out = term if out is None else out.add_(term)
-    return out if conv.bias is None else out.add_(conv.bias.view(1, -1, 1, 1))
+    if conv.bias is not None:
+        out.add_(conv.bias.view(1, -1, 1))
+    return out.view(batch, -1, h, w)
 
 
 def _head(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
