@@ -218,7 +218,7 @@ class LatentHierarchy(nn.Module):
         return bits, out.latents[-1]
 
 
-class HierarchicalPriorVAE(nn.Module):
+class HierarchicalPriorVAE(tiling.TiledTransforms, nn.Module):
     """The single-layer transforms ``g_a``/``g_s`` with a hierarchical prior.
 
     See the module docstring and *Hierarchical VAEs*. ``g_a`` and ``g_s`` have
@@ -242,16 +242,6 @@ class HierarchicalPriorVAE(nn.Module):
     def stride(self) -> int:
         """Images are padded to multiples of this (64 for three stages)."""
         return self.config.stride
-
-    def _analyze(self, x: Tensor) -> Tensor:
-        """``g_a`` of ``x`` padded to the stride, in tiles (:mod:`~dvae_tutorial.tiling`)."""
-        return tiling.analysis(self.g_a, x, halo=tiling.halo_for(self.config),
-                               multiple=self.stride)
-
-    def _synthesize(self, y: Tensor) -> Tensor:
-        """``g_s(y)`` in tiles, the same pixels in every setting
-        (:func:`~dvae_tutorial.tiling.synthesis`)."""
-        return tiling.synthesis(self.g_s, y, halo=tiling.halo_for(self.config))
 
     def padded_size(self, shape: tuple[int, int]) -> tuple[int, int]:
         """(H, W) rounded up to multiples of :attr:`stride`."""

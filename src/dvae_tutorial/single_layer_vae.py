@@ -147,7 +147,7 @@ def _hyper_transforms(cfg: ModelConfig) -> tuple[nn.Sequential, nn.Sequential]:
     return h_a, h_s
 
 
-class SingleLayerVAE(nn.Module):
+class SingleLayerVAE(tiling.TiledTransforms, nn.Module):
     """The seed's discretized VAE as a codec; see the module docstring.
 
     Args:
@@ -173,16 +173,6 @@ class SingleLayerVAE(nn.Module):
     def stride(self) -> int:
         """Images are padded to multiples of this (16, or 64 with a hyperprior)."""
         return self.config.stride
-
-    def _analyze(self, x: Tensor) -> Tensor:
-        """``g_a`` of ``x`` padded to the stride, in tiles (:mod:`~dvae_tutorial.tiling`)."""
-        return tiling.analysis(self.g_a, x, halo=tiling.halo_for(self.config),
-                               multiple=self.stride)
-
-    def _synthesize(self, y: Tensor) -> Tensor:
-        """``g_s(y)`` in tiles, the same pixels in every setting
-        (:func:`~dvae_tutorial.tiling.synthesis`)."""
-        return tiling.synthesis(self.g_s, y, halo=tiling.halo_for(self.config))
 
     def prior_parameters(self, y_shape: torch.Size | tuple[int, ...],
                          z_hat: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -257,3 +257,17 @@ def _checked(tile: int | None, halo: int | None) -> tuple[int, int]:
     if tile < 1 or halo < 0:
         raise ValueError(f"tiles need tile >= 1 and halo >= 0, got {tile}, {halo}")
     return tile, halo
+
+
+class TiledTransforms:
+    """``_analyze``/``_synthesize`` for a model with ``g_a``, ``g_s``,
+    ``stride`` and a ``config`` (its ``gdn`` picks the halo): the codec's
+    transforms, in tiles. Mixed into both model families."""
+
+    def _analyze(self, x: Tensor) -> Tensor:
+        """``g_a`` of ``x`` padded to the stride, in tiles (:func:`analysis`)."""
+        return analysis(self.g_a, x, halo=halo_for(self.config), multiple=self.stride)
+
+    def _synthesize(self, y: Tensor) -> Tensor:
+        """``g_s(y)`` in tiles, the same pixels in every setting (:func:`synthesis`)."""
+        return synthesis(self.g_s, y, halo=halo_for(self.config))
