@@ -13,7 +13,11 @@ A page fails, one line per problem, on
   - a broken internal link (a local file that does not exist, or an ``#anchor``
     that is not an id on the target page);
   - a JavaScript exception, a console error, a failed resource load, or a
-    request to the network.
+    request to the network;
+  - with ``--require SELECTOR`` (repeatable), no element matching it within
+    PAGE_TIMEOUT (e.g. the slides of a reveal.js deck: ``.reveal.ready``,
+    ``.reveal .slides section``). A link to ``#/…`` is a client-side route
+    (reveal.js), not an anchor, and is not checked.
 A screenshot of each page (the top, up to --max-height CSS pixels) is saved under
 _build/screenshots/. Exit status: 0 all pages pass, 1 a problem, 2 no Chromium.
 
@@ -36,6 +40,7 @@ import tempfile
 import threading
 import time
 from html.parser import HTMLParser
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -268,8 +273,23 @@ def local_path(url: str) -> tuple[Path, str] | None:
     return Path(unquote(parts.path)), unquote(parts.fragment)
 
 
+# Waits until each selector matches an element; returns {selector: count}.
+REQUIRE_JS = r"""
+(async (selectors, ms) => {
+  const sleep = (t) => new Promise((r) => setTimeout(r, t));
+  const deadline = Date.now() + ms;
+  const count = () => Object.fromEntries(
+    selectors.map((s) => [s, document.querySelectorAll(s).length]));
+  while (Object.values(count()).some((n) => n === 0) && Date.now() < deadline) {
+    await sleep(100);
+  }
+  return count();
+})
+"""
+
+
 def check_page(browser: Browser, page: Path, shots: Path, name: str,
-               max_height: int) -> list[str]:
+               max_height: int, require: Sequence[str] = ()) -> list[str]:
     problems: list[str] = []
     target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
     sid = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -308,6 +328,16 @@ def check_page(browser: Browser, page: Path, shots: Path, name: str,
         else:
             found = res["result"]["value"]
         problems += judge(found, page)
+        if require:
+            res = browser.call("Runtime.evaluate", {
+                "expression": f"{REQUIRE_JS}({json.dumps(list(require))}, 20000)",
+                "awaitPromise": True, "returnByValue": True}, session=sid)
+            counts = res.get("result", {}).get("value") or {}
+            for sel in require:
+                if not counts.get(sel):
+                    problems.append(f"nothing on the page matches {sel!r}")
+                else:
+                    print(f"check_browser: {name}: {counts[sel]} × {sel}", file=sys.stderr)
         # Screenshot of the top of the page (whole page when shorter than max_height).
         metrics = browser.call("Page.getLayoutMetrics", session=sid)
         height = min(int(metrics["cssContentSize"]["height"]), max_height)
@@ -381,8 +411,8 @@ def judge(found: dict, page: Path) -> list[str]:
         if not target.exists():
             problems.append(f"broken link: {link['attr']} (no such file)")
             continue
-        if not frag:
-            continue
+        if not frag or frag.startswith("/"):
+            continue  # no fragment, or a client-side route such as reveal.js's #/3
         if target == page:
             known = ids
         elif target.suffix == ".html":
@@ -422,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the PNGs go (default: _build/screenshots)")
     ap.add_argument("--max-height", type=int, default=6000,
                     help="screenshot height limit in CSS pixels")
+    ap.add_argument("--require", action="append", default=[], metavar="SELECTOR",
+                    help="a CSS selector every page must match (repeatable)")
     ap.add_argument("pages", nargs="*", help="pages relative to --html (default: all)")
     args = ap.parse_args(argv)
 
@@ -452,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 name = rel.removesuffix(".html").replace("/", "__")
                 try:
-                    problems = check_page(browser, page, shots, name, args.max_height)
+                    problems = check_page(browser, page, shots, name, args.max_height,
+                                          args.require)
                 except (TimeoutError, RuntimeError) as e:
                     problems = [f"the browser failed: {e}"]
             for p in problems:

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(sub)
     _add_train_parser(sub)
     _add_codec_parsers(sub)
+    _add_kit_parsers(sub)
     return parser
 
 
@@ -54,6 +55,12 @@ def _add_codec_parsers(sub) -> None:
     from . import codec_cli
 
     codec_cli.add_codec_parsers(sub)
+
+
+def _add_kit_parsers(sub) -> None:
+    from . import kit_cli
+
+    kit_cli.add_kit_parsers(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,13 +1,35 @@
-"""Figures for the book: one function per kind of plot.
+"""The book's figure style and figure files: one palette, one axis style, names.
 
-Notebooks draw through these helpers so that every chapter shares one look.
-Each helper takes an optional ``ax`` and returns it.
+Every chapter's figures are drawn by the plotting module of its part of the
+book, and they all build on the helpers here (the lower module):
+
+* :mod:`dvae_tutorial.plotting_foundations` — Parts I–II, chapters 1–4;
+* :mod:`dvae_tutorial.plotting_codecs` — Part III, chapters 5–6;
+* ``plotting_results`` (chapter 7) and ``plotting_beyond`` (chapter 8).
+
+Each helper there takes an optional ``ax`` and returns it (or returns the
+figure it made), and is decorated with :func:`labelled`, which gives its figure
+a stable name (``plot_rd_kodak`` → ``rd-kodak``). With ``DVAE_FIGURES_DIR`` set,
+every figure a chapter shows is also written there as SVG and PDF, named
+``<DVAE_FIGURES_PREFIX>-<label>.svg`` (e.g. ``ch05-rd-kodak.svg``; ``-2``,
+``-3`` … when a chapter draws the same kind twice): in Jupyter at the end of
+the cell that drew it (so panels a cell adds after the helper are in the
+file), in a plain script at exit. ``dvae figures`` sets both variables and runs
+the chapters. Unset, nothing is written and nothing else changes.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import os
+import re
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
 import matplotlib.pyplot as plt
-import numpy as np
+from matplotlib.figure import Figure
 
 #: One palette for the whole book (colour-blind safe, Okabe–Ito).
 COLORS = {
@@ -19,8 +41,13 @@ COLORS = {
     "muted": "#999999",
 }
 
+#: Where figure files go (unset: no files) and how their names begin.
+FIGURES_DIR_ENV = "DVAE_FIGURES_DIR"
+FIGURES_PREFIX_ENV = "DVAE_FIGURES_PREFIX"
+FIGURE_FORMATS = ("svg", "pdf")
 
-def _finish(ax, title=None):
+
+def finish(ax, title=None):
     """Add the legend (small font) and an optional title; return ``ax``."""
     ax.legend(fontsize=8)
     if title:
@@ -36,770 +63,108 @@ def new_axes(ax=None, figsize=(5.0, 3.6)):
     return ax
 
 
-# ------------------------------------------------------------------ chapter 2
-# Quantization and the uniform-noise relaxation.
+# --- Figure files: stable names, SVG and PDF ---------------------------------
+
+_drawn: list[Figure] = []  # labelled figures not yet written (strong refs)
+_written: weakref.WeakSet = weakref.WeakSet()
+_names_used: set[str] = set()
+_hook_installed = False
 
 
-def plot_quantizer_maps(y, y_hat, y_tilde, ax=None):
-    """Rounding as a staircase next to noisy samples ``y_tilde = y + u``.
+def labelled(fn: Callable) -> Callable:
+    """Name the figure ``fn`` draws after ``fn`` (``plot_rd_kodak`` → ``rd-kodak``).
+
+    The figure keeps the first label it gets (a figure of several panels is
+    named by the first helper that drew into it). With ``DVAE_FIGURES_DIR``
+    set, the figure is also queued for :func:`export_figures`.
+    """
+    label = fn.__name__.removeprefix("plot_").replace("_", "-")
+
+    @functools.wraps(fn)
+    def draw(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        fig = out if isinstance(out, Figure) else out.figure
+        while not isinstance(fig, Figure):  # a sub-figure: name the whole figure
+            fig = fig.figure
+        if not fig.get_label():
+            fig.set_label(label)
+        if os.environ.get(FIGURES_DIR_ENV):
+            if fig not in _drawn:
+                _drawn.append(fig)
+            _install_hook()
+        return out
+
+    return draw
+
+
+def export_figures(figures=None, directory=None, prefix=None) -> list[Path]:
+    """Write figures as SVG and PDF under their stable names; return the files.
 
     Args:
-        y: sorted encoder outputs, shape (n,).
-        y_hat: ``round(y)`` (or rounded around a mean), shape (n,).
-        y_tilde: ``y + u`` for the same ``y``, shape (n,).
+        figures: the figures to write; default: those the plotting helpers drew
+            and every figure still open, each once per process.
+        directory: default ``$DVAE_FIGURES_DIR`` (nothing is written when
+            neither is given).
+        prefix: default ``$DVAE_FIGURES_PREFIX`` or ``"fig"`` (the chapter,
+            e.g. ``ch05``).
+
+    Names are ``<prefix>-<label>.<format>``; an unlabelled figure is called
+    ``figure``, and a name already written by this process gets ``-2``, ``-3``…
+    Files carry no date, so a rerun that draws the same writes the same bytes.
     """
-    ax = new_axes(ax)
-    ax.plot(y, y, color=COLORS["muted"], lw=1, ls="--", label="identity $y$")
-    ax.scatter(
-        y,
-        y_tilde,
-        s=3,
-        alpha=0.35,
-        color=COLORS["alt"],
-        label=r"training: $\tilde y = y + u$",
-    )
-    ax.plot(
-        y,
-        y_hat,
-        color=COLORS["model"],
-        lw=2,
-        label=r"test: $\hat y = \mathrm{round}(y)$",
-    )
-    ax.set_xlabel("encoder output $y$ (latent units)")
-    ax.set_ylabel("value given to rate and decoder")
-    ax.set_title("Rounding is a staircase; noise is a band of width 1")
-    ax.legend(loc="upper left", fontsize=8)
-    return ax
-
-
-def plot_noisy_prior_density(
-    samples, grid, p_hat, p_gauss, lattice, pmf, pmf_empirical, ax=None
-):
-    """Histogram of ``y + u`` against the box-convolved prior, with the pmf.
-
-    Args:
-        samples: draws of ``y_tilde = y + u`` with ``y`` from the prior, (n,).
-        grid, p_hat, p_gauss: where and what the analytic densities are:
-            the discretized Gaussian ``p_hat`` and the Gaussian ``p``.
-        lattice, pmf, pmf_empirical: points ``mu + k``, the pmf ``p_hat`` there
-            and the observed frequencies of ``round(y - mu) + mu``.
-    """
-    ax = new_axes(ax, figsize=(6.0, 3.8))
-    ax.hist(
-        samples,
-        bins=120,
-        density=True,
-        color=COLORS["alt"],
-        alpha=0.35,
-        label=r"histogram of $\tilde y = y + u$",
-    )
-    ax.plot(
-        grid,
-        p_hat,
-        color=COLORS["model"],
-        lw=2,
-        label=r"$\hat p = p \circledast \mathcal{U}$ (discretized Gaussian)",
-    )
-    ax.plot(
-        grid,
-        p_gauss,
-        color=COLORS["bound"],
-        lw=1,
-        ls="--",
-        label=r"prior $p = \mathcal{N}(\mu, \sigma^2)$",
-    )
-    ax.vlines(lattice, 0, pmf, color=COLORS["jpeg"], lw=1.5)
-    ax.plot(
-        lattice, pmf, "o", color=COLORS["jpeg"], ms=5, label=r"pmf $\hat p(\mu + k)$"
-    )
-    ax.plot(
-        lattice,
-        pmf_empirical,
-        "x",
-        color=COLORS["bound"],
-        ms=7,
-        label=r"frequency of $\hat y = \mathrm{round}(y-\mu)+\mu$",
-    )
-    ax.set_xlabel(r"latent value ($\tilde y$ or $\hat y$)")
-    ax.set_ylabel("density  /  probability")
-    ax.set_title("One function: density of $y+u$, pmf of the rounded $y$")
-    ax.legend(fontsize=7, loc="upper right")
-    return ax
-
-
-def plot_relaxation_rd(results, bound_d, bound_r, point_labels=None, ax=None):
-    """Train-time estimates and test-time values of (D, R) for each relaxation.
-
-    Args:
-        results: ``{name: [(d_train, r_train, d_test, r_test), ...]}``, one
-            tuple per trained model (e.g. per λ); rates in bits per sample.
-        bound_d, bound_r: the source's R(D) curve to draw for reference.
-        point_labels: optional text per tuple (e.g. ``"λ = 10"``), written
-            next to the first relaxation's test point.
-    """
-    ax = new_axes(ax, figsize=(6.4, 4.2))
-    ax.plot(bound_d, bound_r, color=COLORS["bound"], lw=1.5, label="$R(D)$ bound")
-    palette = [COLORS["model"], COLORS["jpeg"], COLORS["alt"], COLORS["accent"]]
-    markers = ["o", "s", "^", "D"]
-    for j, (name, points) in enumerate(results.items()):
-        color, marker = palette[j % len(palette)], markers[j % len(markers)]
-        for i, (d_tr, r_tr, d_te, r_te) in enumerate(points):
-            ax.annotate("", (d_te, r_te), (d_tr, r_tr),
-                        arrowprops=dict(arrowstyle="->", color=color, alpha=0.7))
-            ax.plot(d_tr, r_tr, marker, mfc="none", color=color, ms=7,
-                    label=f"{name}: training estimate" if i == 0 else None)
-            ax.plot(d_te, r_te, marker, color=color, ms=5,
-                    label=f"{name}: test (rounded)" if i == 0 else None)
-            if point_labels is not None and j == 0:
-                ax.annotate(point_labels[i], (d_te, r_te), xytext=(0, -18),
-                            textcoords="offset points", fontsize=8, ha="center",
-                            bbox=dict(boxstyle="round,pad=0.15", fc="white",
-                                      ec="none", alpha=0.85))
-    ax.set_xlabel("distortion $D$ (squared error per sample)")
-    ax.set_ylabel("rate $R$ (bits per sample)")
-    ax.set_title("From training estimate (open) to test with rounding (filled)")
-    ax.legend(fontsize=7, ncols=2, loc="upper right")
-    return ax
-
-
-# --- Chapter 3: discretized priors and entropy coding -------------------------
-
-
-def plot_pmfs(k, pmfs, labels, *, densities=None, ax=None, title=None):
-    """Grouped bars of several pmfs on the integers ``k``.
-
-    Args:
-        k: 1-D integer support shared by all pmfs.
-        pmfs: sequence of 1-D arrays (same length as ``k``).
-        labels: one legend label per pmf.
-        densities: optional sequence of ``(x, density)`` pairs, drawn as
-            dashed curves in the matching colour (the continuous density the
-            pmf discretizes).
-        ax, title: optional axis and title.
-
-    See: *Discretized priors and entropy coding*.
-    """
-    ax = new_axes(ax)
-    colors = [COLORS["model"], COLORS["jpeg"], COLORS["alt"], COLORS["accent"]]
-    width = 0.8 / len(pmfs)
-    for i, (pmf, label) in enumerate(zip(pmfs, labels, strict=True)):
-        shift = (i - (len(pmfs) - 1) / 2) * width
-        color = colors[i % len(colors)]
-        ax.bar(np.asarray(k) + shift, pmf, width=width, color=color, label=label)
-        if densities is not None:
-            x, dens = densities[i]
-            ax.plot(x, dens, "--", color=color, lw=1.2)
-    ax.set_xlabel("symbol $k$ (integer)")
-    ax.set_ylabel(r"probability $\hat p(k)$")
-    return _finish(ax, title)
-
-
-def plot_bits_vs_distance(distance, curves, *, ax=None, title=None):
-    """Code length ``-log2 p`` (bits) against the distance from the mean.
-
-    Args:
-        distance: 1-D array, distance ``|k - mean|`` in scales.
-        curves: ``{label: bits}``; infinite entries (a mass that rounded to
-            0) are drawn as crosses on the top edge of the axis.
-        ax, title: optional axis and title.
-
-    See: *Discretized priors and entropy coding* (tail-stable log-mass).
-    """
-    ax = new_axes(ax)
-    palette = [COLORS["bound"], COLORS["jpeg"], COLORS["model"], COLORS["alt"]]
-    finite_max = max(
-        np.max(np.asarray(b)[np.isfinite(b)], initial=1.0) for b in curves.values()
-    )
-    for i, (label, bits) in enumerate(curves.items()):
-        bits = np.asarray(bits, dtype=float)
-        ok = np.isfinite(bits)
-        color = palette[i % len(palette)]
-        if i == 0:
-            ax.plot(distance[ok], bits[ok], "-", color=color, label=label)
-        else:  # open markers, shrinking, so coinciding curves stay visible
-            ms = max(7.0 - 2.5 * (i - 1), 3.0)
-            ax.plot(
-                distance[ok], bits[ok], "o", mfc="none", color=color, ms=ms, label=label
-            )
-        if (~ok).any():  # one row of crosses per curve, above the data
-            ax.plot(
-                distance[~ok],
-                np.full((~ok).sum(), finite_max * 1.5 ** (i + 1)),
-                "x",
-                color=color,
-                ms=6,
-                label=f"{label}: mass rounded to 0, ∞ bits",
-            )
-    ax.set_yscale("log")
-    ax.set_xlabel(r"distance from the mean $|k - \mu| / \sigma$")
-    ax.set_ylabel(r"code length $-\log_2 \hat p(k)$ [bits]")
-    return _finish(ax, title)
-
-
-def plot_entropy_vs_scale(scales, entropy, high_rate, *, ax=None, title=None):
-    """Entropy of the discretized Gaussian and its high-rate approximation.
-
-    Args:
-        scales: 1-D array of prior scales ``sigma``.
-        entropy: ``H(sigma)`` in bits (exact, from the pmf).
-        high_rate: ``h(sigma) = 1/2 log2(2 pi e sigma^2)`` in bits.
-        ax, title: optional axis and title.
-
-    See: *Discretized priors and entropy coding*.
-    """
-    ax = new_axes(ax)
-    ax.plot(scales, entropy, color=COLORS["model"], lw=2, label=r"$H(\hat p)$ (exact)")
-    ax.plot(
-        scales,
-        high_rate,
-        "--",
-        color=COLORS["bound"],
-        label=r"$h = \frac{1}{2}\log_2(2\pi e\sigma^2)$",
-    )
-    ax.axhline(0.0, color=COLORS["muted"], lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel(r"prior scale $\sigma$ (latent units)")
-    ax.set_ylabel("bits per symbol")
-    return _finish(ax, title)
-
-
-def plot_coder_speeds(names, encode_msym_s, decode_msym_s, *, ax=None, title=None):
-    """Bars of encode and decode speed (million symbols per second), labelled.
-
-    See: *Discretized priors and entropy coding* (the production coder).
-    """
-    ax = new_axes(ax)
-    x = np.arange(len(names))
-    for shift, values, color, label in [
-        (-0.2, encode_msym_s, COLORS["model"], "encode"),
-        (0.2, decode_msym_s, COLORS["jpeg"], "decode"),
-    ]:
-        bars = ax.bar(x + shift, values, width=0.4, color=color, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(x, names)
-    ax.set_ylabel("speed [million symbols / s]")
-    return _finish(ax, title)
-
-
-def plot_model_vs_sample(k, pmf, counts, *, ax=None, title=None):
-    """A model pmf (bars) against the empirical frequencies of a sample (dots).
-
-    Args:
-        k: integer support; pmf: model probabilities on ``k``;
-        counts: how often each ``k`` occurs in the sample.
-        ax, title: optional axis and title.
-
-    See: *Discretized priors and entropy coding* (interactive).
-    """
-    ax = new_axes(ax)
-    ax.bar(
-        k, pmf, width=0.8, color=COLORS["model"], alpha=0.8, label="model $\\hat p(k)$"
-    )
-    freq = np.asarray(counts, dtype=float) / max(np.sum(counts), 1)
-    ax.plot(k, freq, "o", color=COLORS["jpeg"], ms=4, label="sample frequency")
-    ax.set_xlabel("symbol $k$ (integer)")
-    ax.set_ylabel("probability")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return ax
-
-
-# --- Chapter 1: free energy and rate–distortion -------------------------------
-
-
-def plot_water_filling(variances, theta, *, ax=None, title=None):
-    """Reverse water-filling: component variances as bars, the water level θ.
-
-    The part of each bar below θ (at most its variance) is the distortion
-    ``D_i = min(θ, sigma_i^2)``; the part above θ is what gets coded, and its
-    rate ``R_i = 1/2 log2(sigma_i^2 / D_i)`` is written on top of the bar.
-
-    Args:
-        variances: 1-D array of component variances sigma_i^2.
-        theta: the water level (same units as the variances).
-        ax, title: optional axis and title.
-
-    See: *Free energy and rate–distortion* (reverse water-filling).
-    """
-    ax = new_axes(ax)
-    var = np.asarray(variances, dtype=float)
-    d = np.minimum(theta, var)
-    rates = 0.5 * np.log2(var / d)
-    i = np.arange(len(var))
-    ax.bar(i, d, color=COLORS["muted"], label=r"distortion $D_i=\min(\theta,\sigma_i^2)$")
-    ax.bar(i, var - d, bottom=d, color=COLORS["model"],
-           label=r"coded part $\sigma_i^2-\theta$")
-    ax.axhline(theta, color=COLORS["jpeg"], ls="--", lw=1.5,
-               label=rf"water level $\theta={theta:g}$")
-    for k in i:
-        ax.annotate(f"{rates[k]:.2f} bits", (k, var[k]), xytext=(0, 3),
-                    textcoords="offset points", ha="center", fontsize=8)
-    ax.set_xticks(i, [f"{k + 1}" for k in i])
-    ax.set_xlabel("component $i$")
-    ax.set_ylabel(r"variance $\sigma_i^2$ (squared units)")
-    ax.set_ylim(0, 1.15 * var.max())
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title or "Reverse water-filling")
-    return ax
-
-
-def plot_rate_distortion(curves, points=None, *, point_labels=None, ax=None,
-                         title=None, logx=True,
-                         xlabel="distortion $D$ (squared error per sample)",
-                         ylabel="rate $R$ (bits per sample)"):
-    """R(D) curves (lines) and operational or computed points (markers).
-
-    Args:
-        curves: ``{label: (D, R)}``; the first is drawn as the bound (solid
-            black), the others dashed in the book's secondary colours.
-        points: optional ``{label: (D, R)}``, drawn as markers.
-        point_labels: optional text per point of the first ``points`` entry
-            (e.g. ``"λ=4"``), written beside it.
-        ax, title: optional axis and title; ``logx`` puts D on a log axis.
-        xlabel, ylabel: axis labels with units.
-
-    See: *Free energy and rate–distortion*.
-    """
-    ax = new_axes(ax, figsize=(6.0, 4.0))
-    line_colors = [COLORS["bound"], COLORS["jpeg"], COLORS["accent"], COLORS["muted"]]
-    for j, (label, (d, r)) in enumerate(curves.items()):
-        ax.plot(d, r, color=line_colors[j % len(line_colors)],
-                ls="-" if j == 0 else "--", lw=1.8 if j == 0 else 1.3, label=label)
-    point_colors = [COLORS["model"], COLORS["alt"], COLORS["jpeg"]]
-    markers = ["o", "s", "^"]
-    for j, (label, (d, r)) in enumerate((points or {}).items()):
-        ax.plot(d, r, markers[j % 3], color=point_colors[j % 3], ms=6, mfc="none",
-                mew=1.5, label=label)
-        for text, dk, rk in zip(point_labels if j == 0 and point_labels else [], d, r,
-                                strict=False):
-            ax.annotate(text, (dk, rk), xytext=(6, 2), textcoords="offset points",
-                        fontsize=7, color=point_colors[0])
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    return _finish(ax, title)
-
-
-def plot_rd_gap(rates, gaps, references, *, ax=None, title=None):
-    """Gap of an operational codec to R(D), in bits, against its rate.
-
-    Args:
-        rates: operational rates (bits per sample), shape (n,).
-        gaps: operational rate minus R(D) at the measured distortion, (n,).
-        references: ``{label: bits}`` drawn as horizontal dashed lines (e.g.
-            the high-rate gap of entropy-coded scalar quantization).
-        ax, title: optional axis and title.
-
-    See: *Free energy and rate–distortion* (a learned quantizer).
-    """
-    ax = new_axes(ax)
-    ax.plot(rates, gaps, "o-", color=COLORS["model"], ms=6, label="learned quantizer")
-    ref_colors = [COLORS["jpeg"], COLORS["accent"], COLORS["alt"]]
-    for j, (label, bits) in enumerate(references.items()):
-        ax.axhline(bits, color=ref_colors[j % 3], ls="--", lw=1.2, label=label)
-    ax.axhline(0.0, color=COLORS["bound"], lw=1.0, label="$R(D)$ bound")
-    ax.set_xlabel("operational rate $R$ (bits per sample)")
-    ax.set_ylabel("gap to $R(D)$ (bits per sample)")
-    return _finish(ax, title)
-
-
-# --- Chapter 4: emission distributions and distortion -------------------------
-
-
-def plot_residual_histogram(residuals, densities, *, ax=None, title=None):
-    """Histogram of reconstruction errors against emission densities (log y).
-
-    Args:
-        residuals: 1-D array of errors ``x - x_hat`` in 8-bit units (integers).
-        densities: ``{label: (grid, density)}`` in the same units, as lines.
-        ax, title: optional axis and title.
-
-    See: *Emission distributions and distortion* (the Gaussian emission).
-    """
-    ax = new_axes(ax, figsize=(6.0, 3.8))
-    r = np.asarray(residuals)
-    edges = np.arange(np.floor(r.min()), np.ceil(r.max()) + 2) - 0.5
-    ax.hist(r, bins=edges, density=True, color=COLORS["muted"], alpha=0.6,
-            label="errors of the reconstruction")
-    palette = [COLORS["model"], COLORS["jpeg"], COLORS["alt"]]
-    for j, (label, (grid, dens)) in enumerate(densities.items()):
-        ax.plot(grid, dens, color=palette[j % 3], lw=1.8, label=label)
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=1e-6)
-    ax.set_xlabel(r"error $x - \hat x$ (8-bit units, one sub-pixel)")
-    ax.set_ylabel("density")
-    return _finish(ax, title)
-
-
-def plot_degradations(reference, images, titles, *, crop, error_limit=40.0):
-    """Crops of degraded images (top) and their error maps (bottom).
-
-    Args:
-        reference: the original, uint8 (H, W, 3).
-        images: degraded versions, uint8 (H, W, 3) each; the first panel
-            shows ``reference`` itself.
-        titles: one title per image (e.g. its MSE and PSNR).
-        crop: ``(top, left, size)`` of the square region shown.
-        error_limit: top of the colour range of the error maps (8-bit units).
-
-    Returns:
-        The figure. The error map of a pixel is the RMS over its R, G, B errors
-        (8-bit units), on one colour scale for all panels: the mean of its
-        square over the whole image is the image's MSE.
-
-    See: *Emission distributions and distortion* (what MSE misses).
-    """
-    top, left, size = crop
-    region = (slice(top, top + size), slice(left, left + size))
-    n = len(images) + 1
-    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.4), dpi=80,
-                             layout="constrained")  # 80 dpi: ~1 crop pixel per dot
-    ref = np.asarray(reference, dtype=np.float64)
-    for j, (img, title) in enumerate(zip([reference, *images],
-                                         ["original", *titles], strict=True)):
-        axes[0, j].imshow(np.asarray(img)[region])
-        axes[0, j].set_title(title, fontsize=8)
-        err = np.sqrt(np.square(np.asarray(img, dtype=np.float64) - ref).mean(-1))
-        shown = axes[1, j].imshow(err[region], cmap="magma", vmin=0.0,
-                                  vmax=error_limit)
-        for ax in axes[:, j]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[1, 0].set_ylabel("error, RMS over R, G, B", fontsize=8)
-    fig.colorbar(shown, ax=axes[1, :], shrink=0.8,
-                 label=r"$|\hat x - x|$ (8-bit units)")
-    return fig
-
-
-def plot_iso_loss(rates, distortions, lmbdas, *, labels=None, ax=None, title=None):
-    """An operational R–D curve and, per λ, its best point and line ``R + λD``.
-
-    For each λ the point of the curve with the smallest ``R + λD`` is ringed
-    and the line of slope ``-λ`` through it is drawn: no point of the curve
-    lies below it (for the points of a convex curve).
-
-    Args:
-        rates: bits per pixel, shape (n,); distortions: MSE on [0, 1], (n,).
-        lmbdas: λ values (bpp per unit of MSE on [0, 1]).
-        labels: optional text per point (e.g. JPEG qualities).
-        ax, title: optional axis and title.
-
-    See: *Emission distributions and distortion* (what λ buys).
-    """
-    ax = new_axes(ax, figsize=(6.0, 4.0))
-    r, d = np.asarray(rates, float), np.asarray(distortions, float)
-    ax.plot(d, r, "o-", color=COLORS["jpeg"], ms=4, label="operational points")
-    for text, dk, rk in zip(labels or [], d, r, strict=False):
-        ax.annotate(text, (dk, rk), xytext=(4, 3), textcoords="offset points",
-                    fontsize=7, color=COLORS["jpeg"])
-    palette = [COLORS["model"], COLORS["alt"], COLORS["accent"], COLORS["bound"]]
-    grid = np.linspace(0.0, d.max() * 1.05, 2)
-    for j, lm in enumerate(lmbdas):
-        best = int(np.argmin(r + lm * d))
-        color = palette[j % len(palette)]
-        ax.plot(grid, r[best] + lm * (d[best] - grid), "--", color=color, lw=1.2,
-                label=rf"$R + {lm:g}\,D$ = min")
-        ax.plot(d[best], r[best], "o", ms=11, mfc="none", mew=1.5, color=color)
-    ax.set_ylim(0.0, r.max() * 1.05)
-    ax.set_xlim(0.0, d.max() * 1.05)
-    ax.set_xlabel("distortion $D$: MSE on [0, 1]")
-    ax.set_ylabel("rate $R$ [bits per pixel]")
-    return _finish(ax, title)
-
-
-def plot_implied_lmbda(curves, *, brackets=None, ax=None, title=None):
-    """Implied λ = −ΔR/ΔD per segment of R–D curves, against the rate (log y).
-
-    Args:
-        curves: ``{label: (bpp, lmbda)}``, one marker per segment (e.g. at the
-            mean rate of its two end points); λ per unit of MSE on [0, 1].
-        brackets: optional ``{label: (bpp, lo, hi)}``, vertical bars for the
-            interval each segment's λ must lie in (the λ its end points were
-            trained with).
-        ax, title: optional axis and title. A right axis gives λ on 0–255.
-
-    See: *Emission distributions and distortion* (what λ buys).
-    """
-    ax = new_axes(ax, figsize=(6.0, 4.0))
-    palette = [COLORS["jpeg"], COLORS["model"], COLORS["alt"]]
-    for j, (label, (rate, lm)) in enumerate(curves.items()):
-        ax.plot(rate, lm, "os^"[j % 3] + "-", color=palette[j % 3], ms=5, label=label)
-    for label, (rate, lo, hi) in (brackets or {}).items():
-        ax.vlines(rate, lo, hi, color=COLORS["model"], lw=5, alpha=0.3, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("rate [bits per pixel]")
-    ax.set_ylabel(r"$\lambda = -\Delta R/\Delta D$ (MSE on [0, 1])")
-    scale = 255.0**2
-    right = ax.secondary_yaxis("right", functions=(lambda v: v / scale,
-                                                   lambda v: v * scale))
-    right.set_ylabel(r"$\lambda$ per unit of 8-bit MSE")
-    return _finish(ax, title)
-
-
-# ------------------------------------------------------------------ chapter 5
-# A discretized VAE codec.
-
-
-def plot_training_history(history, *, lmbda, title=None):
-    """Training curves of :func:`~dvae_tutorial.training.fit`: loss, bpp, PSNR.
-
-    Args:
-        history: ``FitResult.history`` (``"train"`` rows every ``log_every``
-            steps, ``"val"`` rows of the EMA weights). Training rows with
-            ``mse`` 0 (the prior trained on cached latents) draw no PSNR.
-        lmbda: the run's λ (for the axis label of the loss).
-
-    Returns:
-        The figure (three panels sharing the step axis).
-
-    See: *A discretized VAE codec* (training).
-    """
-    train, val = history["train"], history["val"]
-    steps = [r["step"] for r in train]
-    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.2), layout="constrained")
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.set_xlabel("optimizer step")
-    axes[0].plot(steps, [r["loss"] for r in train], color=COLORS["model"],
-                 label="train (noisy $\\tilde y$)")
-    axes[0].set_ylabel(f"bpp + λ·MSE  (λ = {lmbda:g}, MSE on [0, 1])")
-    axes[0].set_yscale("log")
-    axes[1].plot(steps, [r["bpp"] for r in train], color=COLORS["model"],
-                 label="train")
-    if all(r["mse"] > 0 for r in train):  # a prior-only stage has no distortion
-        axes[2].plot(steps, [10 * np.log10(1 / r["mse"]) for r in train],
-                     color=COLORS["model"], label="train")
-    if val:
-        vs = [r["step"] for r in val]
-        axes[1].plot(vs, [r["bpp"] for r in val], "o-", color=COLORS["jpeg"],
-                     label="validation (EMA, rounded $\\hat y$)")
-        axes[2].plot(vs, [r["psnr"] for r in val], "o-", color=COLORS["jpeg"],
-                     label="validation")
-    axes[1].set_ylabel("rate (bits per pixel)")
-    axes[2].set_ylabel("PSNR (dB)")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
-def plot_rd_kodak(curves, *, annotate=None, ax=None, title=None,
-                  xlim=None, ylim=None):
-    """PSNR against bpp on Kodak, one line per codec.
-
-    Args:
-        curves: ``{label: (bpp, psnr)}`` in drawing order; labels containing
-            "JPEG" are drawn in the JPEG colour, "(published" ones dashed.
-        annotate: optional ``{label: [text per point]}`` (e.g. λ values).
-        ax, title, xlim, ylim: optional.
-
-    See: *A discretized VAE codec* (Kodak against JPEG).
-    """
-    ax = new_axes(ax, figsize=(6.4, 4.4))
-    # seven distinct colours (Okabe–Ito) before any repeats
-    palette = [COLORS["model"], COLORS["alt"], COLORS["accent"], "#56B4E9",
-               "#E69F00", COLORS["muted"], COLORS["bound"]]
-    k = 0
-    for label, (rate, psnr) in curves.items():
-        if "JPEG" in label:
-            color, style = COLORS["jpeg"], "s-"
-        else:
-            color, style = palette[k % len(palette)], "o-"
-            k += 1
-        if "published" in label:
-            style = "--"
-        ax.plot(rate, psnr, style, color=color, ms=5, lw=1.5, label=label)
-        for text, r, p in zip((annotate or {}).get(label, []), rate, psnr,
-                              strict=False):
-            ax.annotate(text, (r, p), xytext=(5, -10), textcoords="offset points",
-                        fontsize=7, color=color)
-    ax.set_xlabel("rate (bits per pixel, file bytes)")
-    ax.set_ylabel("PSNR (dB, 8-bit RGB)")
-    if xlim:
-        ax.set_xlim(*xlim)
-    if ylim:
-        ax.set_ylim(*ylim)
-    return _finish(ax, title)
-
-
-def plot_image_row(images, titles, *, crop=None, suptitle=None):
-    """Images (or square crops) side by side with titles.
-
-    Args:
-        images: uint8 ``(H, W, 3)`` arrays.
-        titles: one per image (e.g. codec, bpp, PSNR).
-        crop: optional ``(top, left, size)``.
-
-    See: *A discretized VAE codec* (reconstructions next to JPEG).
-    """
-    n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, 3.2), layout="constrained")
-    for ax, image, text in zip(np.atleast_1d(axes), images, titles, strict=True):
-        image = np.asarray(image)
-        if crop:
-            top, left, size = crop
-            image = image[top:top + size, left:left + size]
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(text, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if suptitle:
-        fig.suptitle(suptitle)
-    return fig
-
-
-def plot_bits_per_channel(bits, *, ax=None, title=None):
-    """Bits each latent channel costs, channels sorted by cost, per model.
-
-    Args:
-        bits: ``{label: array of bits per channel}`` (e.g. per model's λ).
-
-    See: *A discretized VAE codec* (where the bits go).
-    """
-    ax = new_axes(ax, figsize=(6.4, 3.6))
-    palette = [COLORS["model"], COLORS["alt"], COLORS["accent"], COLORS["jpeg"],
-               COLORS["muted"]]
-    for j, (label, values) in enumerate(bits.items()):
-        values = np.sort(np.asarray(values, dtype=float))[::-1]
-        ax.plot(np.arange(1, values.size + 1), values, "-", color=palette[j % 5],
-                lw=1.6, label=label)
-    ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_xlabel("latent channel, sorted by cost")
-    ax.set_ylabel("bits (−Σ log₂ P over the channel)")
-    return _finish(ax, title)
-
-
-# ------------------------------------------------------------------ chapter 6
-# Hierarchical VAEs.
-
-
-def plot_prior_adaptivity(channel_scales, image, scale_map, *, map_label,
-                          title=None):
-    """A fixed prior next to an adaptive one: σ per channel, an image, a σ map.
-
-    Args:
-        channel_scales: the factorized prior's σ_c, shape (M,): the same at
-            every position of every image.
-        image: uint8 ``(H, W, 3)``.
-        scale_map: (h, w) prior scales of one hierarchical layer for ``image``
-            (e.g. the mean over its channels), drawn over the image's extent.
-        map_label: colour-bar label (which layer, which statistic).
-
-    See: *Hierarchical VAEs* (why a hierarchy).
-    """
-    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.3), layout="constrained",
-                             gridspec_kw={"width_ratios": [1.0, 1.05, 1.25]})
-    scales = np.sort(np.asarray(channel_scales, dtype=float))[::-1]
-    axes[0].bar(np.arange(1, scales.size + 1), scales, width=1.0,
-                color=COLORS["model"])
-    axes[0].set_xlabel("latent channel c, sorted")
-    axes[0].set_ylabel("prior scale σ_c (latent units)")
-    axes[0].set_title("single-layer: one σ per channel,\nevery image, every position",
-                      fontsize=9)
-    axes[0].grid(True, alpha=0.3)
-    height, width = np.asarray(image).shape[:2]
-    axes[1].imshow(image)
-    axes[1].set_title("the image", fontsize=9)
-    shown = axes[2].imshow(scale_map, cmap="magma", extent=(0, width, height, 0))
-    fig.colorbar(shown, ax=axes[2], label=map_label)
-    axes[2].set_title("hierarchical: σ given the layers above", fontsize=9)
-    for ax in axes[1:]:
-        ax.set_xlabel("x (pixels)")
-        ax.set_ylabel("y (pixels)")
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
-def plot_bits_per_layer(layers, estimated, file, per_element, *, title=None):
-    """Where a hierarchical model's bits go: per layer, and per latent element.
-
-    Args:
-        layers: layer labels in coding order (``"z1"`` … ``"zL"``).
-        estimated: ``−Σ log₂ P`` of each layer in bits per pixel (mean over
-            images); the values add up to the model's estimated bpp.
-        file: the same from the real stream, each layer's payload bits / (H·W).
-        per_element: bits per latent element of each layer.
-
-    See: *Hierarchical VAEs* (bits per layer).
-    """
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.6), layout="constrained")
-    pos = np.arange(len(layers))
-    axes[0].bar(pos - 0.2, estimated, width=0.4, color=COLORS["model"],
-                label="−Σ log₂ P (estimate)")
-    axes[0].bar(pos + 0.2, file, width=0.4, color=COLORS["jpeg"],
-                label="its share of the real stream (payload bits)")
-    axes[0].set_ylabel("rate of the layer (bits per pixel)")
-    axes[1].bar(pos, per_element, width=0.6, color=COLORS["alt"],
-                label="−Σ log₂ P / number of elements")
-    axes[1].set_ylabel("bits per latent element")
-    for ax in axes:
-        ax.set_xticks(pos, layers)
-        ax.set_xlabel("latent layer (coding order: coarse → fine)")
-        ax.grid(True, alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
-def plot_image_grid(images, titles, *, ncols, crop=None, suptitle=None):
-    """Images in a grid of ``ncols`` columns, a title on each (empty slots hidden).
-
-    Args:
-        images: uint8 ``(H, W, 3)`` arrays; titles: one per image.
-        crop: optional ``(top, left, size)``.
-
-    See: *Hierarchical VAEs* (progressive decoding).
-    """
-    nrows = -(-len(images) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 1.9 * nrows),
-                             layout="constrained", squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= len(images):
-            ax.set_axis_off()
+    directory = directory or os.environ.get(FIGURES_DIR_ENV)
+    if not directory:
+        return []
+    prefix = prefix or os.environ.get(FIGURES_PREFIX_ENV) or "fig"
+    if figures is None:
+        figures = _drawn + [plt.figure(n) for n in plt.get_fignums()]
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for fig in dict.fromkeys(figures):  # unique, in drawing order
+        if fig in _written:
             continue
-        image = np.asarray(images[i])
-        if crop:
-            top, left, size = crop
-            image = image[top:top + size, left:left + size]
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(titles[i], fontsize=8)
-    if suptitle:
-        fig.suptitle(suptitle)
-    return fig
+        stem = _unique(f"{prefix}-{_slug(fig.get_label() or 'figure')}")
+        for fmt in FIGURE_FORMATS:
+            path = out / f"{stem}.{fmt}"
+            meta = {"Date": None} if fmt == "svg" else {"CreationDate": None}
+            with plt.rc_context({"svg.hashsalt": "dvae"}):  # ids: no random salt
+                fig.savefig(path, format=fmt, bbox_inches="tight", metadata=meta)
+            files.append(path)
+        _written.add(fig)
+    _drawn.clear()
+    return files
 
 
-def plot_sample_rows(rows, *, suptitle=None):
-    """Rows of samples, one row per setting, its label on the left.
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "figure"
 
-    Args:
-        rows: ``{label: images}`` with images (n, 3, H, W) in [0, 1] (a torch
-            tensor or array) or a list of uint8 ``(H, W, 3)``.
 
-    See: *Hierarchical VAEs* (samples).
+def _unique(stem: str) -> str:
+    name, k = stem, 1
+    while name in _names_used:
+        k += 1
+        name = f"{stem}-{k}"
+    _names_used.add(name)
+    return name
+
+
+def _install_hook() -> None:
+    """Write the figures after each cell (Jupyter) or at exit (a script).
+
+    In IPython the callback goes first in ``post_execute``, before the inline
+    backend shows and closes the cell's figures.
     """
-    rows = {k: [np.asarray(im) for im in v] for k, v in rows.items()}
-    n = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n + 1.6, 1.35 * len(rows)),
-                             layout="constrained", squeeze=False)
-    for r, (label, images) in enumerate(rows.items()):
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(images):
-                ax.set_axis_off()
-                continue
-            image = images[c]
-            if image.ndim == 3 and image.shape[0] == 3:  # CHW in [0, 1]
-                image = np.clip(image.transpose(1, 2, 0), 0.0, 1.0)
-            ax.imshow(image, interpolation="nearest")
-        axes[r][0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
-    if suptitle:
-        fig.suptitle(suptitle)
-    return fig
+    global _hook_installed
+    if _hook_installed:
+        return
+    _hook_installed = True
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with matplotlib-inline
+        get_ipython = None
+    shell = get_ipython() if get_ipython else None
+    if shell is None:
+        atexit.register(export_figures)
+        return
+    shell.events.callbacks["post_execute"].insert(0, lambda: export_figures())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .plotting import COLORS, new_axes
+from .plotting import COLORS, labelled, new_axes
 
 #: Colour and marker per curve: live codecs warm, the book blue/green,
 #: published curves grey-ish and dashed.
@@ -32,6 +32,7 @@ def _label(curve: dict) -> str:
     return curve["label"] + (" [float PSNR]" if curve["psnr_on"] == "float" else "")
 
 
+@labelled
 def plot_rd_twice(curves: dict[str, dict], *, max_bpp: float = 3.5, title=None):
     """The RD figure twice from one table: the seed's (MSE on a log axis
     against bpp) and the field's (PSNR against bpp). The MSE axis shows
@@ -62,6 +63,7 @@ def plot_rd_twice(curves: dict[str, dict], *, max_bpp: float = 3.5, title=None):
     return fig
 
 
+@labelled
 def plot_per_image_gains(gains_by_set: dict[str, dict[str, dict[str, float]]], *,
                          title=None):
     """Per-image BD-rate vs JPEG, one panel per test set: one column of dots
@@ -92,6 +94,7 @@ def plot_per_image_gains(gains_by_set: dict[str, dict[str, dict[str, float]]], *
     return fig
 
 
+@labelled
 def plot_gain_vs_cost(points: list[dict], *, title=None):
     """Gain over JPEG (Kodak BD-rate) against decode cost: kMAC per pixel
     (measured, the book's models) and seconds per Kodak image (the book's
@@ -123,6 +126,7 @@ def plot_gain_vs_cost(points: list[dict], *, title=None):
     return fig
 
 
+@labelled
 def plot_bd_bars(rows: list[dict], *, ax=None, title=None):
     """Horizontal bars of the PSNR BD-rate vs JPEG of :func:`results.bd_table`
     rows (published ones hatched)."""
