@@ -327,6 +327,16 @@ class BitsBackCoder:
             x_index[j] = stack.pop(leaky_cdf(self.likelihood_cdf(x_mean[j], edges)))
         return x_index
 
+    def latent_grid_bias_bits(self) -> float:
+        """``lmbda ||G||_F^2 dz^2 / 12``: the distortion the latent grid adds.
+
+        The decoder sees a bin centre, off by about ``U(-dz/2, dz/2)`` from a
+        continuous sample; through the linear decoder ``g(z) = G z + b`` that
+        raises the expected distortion term by this much. One-sided, so it is
+        added to the predicted rate rather than to its tolerance."""
+        g_norm2 = self.codec.quantizer.decoder.weight.detach().pow(2).sum().item()
+        return self.lmbda * g_norm2 * self.z_grids[0].step ** 2 / 12
+
     def lossless_offset_bits(self) -> float:
         """``(dim / 2) log2(pi / (lmbda ln 2)) - dim log2(x_step)``: the constant
         that turns the free energy ``R + lmbda D`` into the expected code length

@@ -48,7 +48,7 @@ SCALE_LOWER_BOUND = 0.11
 #: Gaussian far-tail switch, in scales from the mean. Beyond it
 #: ``log Phi(x) = -x^2/2 - log(-x) - log(2 pi)/2 + O(x^-2)`` is exact to double
 #: precision, and the direct difference of two log-cdfs of size ~x^2/2 loses
-#: digits (at |y - mean| ~ 1e16 it is exactly 0).
+#: digits (at ``|y - mean| ~ 1e16`` it is exactly 0).
 GAUSSIAN_FAR_TAIL = 1e3
 
 #: Logistic far-tail switch: below -40, ``log sigmoid(x) = x - log1p(e^x)``

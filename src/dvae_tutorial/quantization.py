@@ -40,7 +40,7 @@ Relaxation = Callable[[Tensor, Tensor | float], tuple[Tensor, Tensor]]
 #: dtype of coded symbols: the entropy coders (rANS, constriction) take int32.
 SYMBOL_DTYPE = torch.int32
 
-#: Symbols must satisfy |symbol| < 2**31 to fit int32 (a latent this far from
+#: Symbols must satisfy ``|symbol| < 2**31`` to fit int32 (a latent this far from
 #: its mean means the model diverged; converting it would silently wrap).
 #: 2**31 is exact in float32, so the comparison is exact in every dtype.
 SYMBOL_LIMIT = 2**31

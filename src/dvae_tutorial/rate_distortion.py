@@ -248,7 +248,7 @@ def blahut_arimoto(
 
 
 def discretize_gaussian(variance: float, step: float, width: float = 6.0):
-    """A Gaussian source on the grid ``step * k``, |k step| <= width sigma.
+    """A Gaussian source on the grid ``step * k``, ``|k step| <= width sigma``.
 
     Each grid point gets the Gaussian mass of its bin [k - 1/2, k + 1/2] step;
     the pmf is renormalised over the (truncated) grid. The reproduction
