@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plotting import COLORS, finish, new_axes
+from .plotting import COLORS, finish, labelled, new_axes
 
 
+@labelled
 def plot_posterior_densities(z, densities: dict, *, prior=None, ax=None, title=None):
     """Posterior densities ``q(z | x)`` of one latent dimension.
 
@@ -37,6 +38,7 @@ def plot_posterior_densities(z, densities: dict, *, prior=None, ax=None, title=N
     return finish(ax, title)
 
 
+@labelled
 def plot_free_energy_gain(lmbdas, excess: dict, gain, gain_se, reference: dict,
                           *, axes=None, title=None):
     """Left: free energy above ``min R + λD`` per λ; right: the flow's gain.
@@ -76,6 +78,7 @@ def plot_free_energy_gain(lmbdas, excess: dict, gain, gain_se, reference: dict,
     return ax_f, ax_g
 
 
+@labelled
 def plot_chain_cost(n_points, curves: dict, levels: dict, *, ax=None, title=None):
     """Bits per data point of a message of ``n`` points, against ``n``.
 

@@ -113,11 +113,14 @@ def plot_gain_vs_cost(points: list[dict], *, title=None):
                             marker=marker)
             axes[1].annotate(p["label"], (p["decode_s"], p["vs_jpeg"]),
                              xytext=(5, 4), textcoords="offset points", fontsize=7)
-    axes[0].set_xlabel("decode kMAC per pixel (torch.utils.flop_counter)")
+    axes[0].set_xlabel("decode kMAC per pixel, mean of the series' models "
+                       "(torch.utils.flop_counter)")
     axes[1].set_xlabel("decode seconds per Kodak image (CPU; ◆ = published, "
                        "another machine)")
+    axes[0].set_xlim(0, 1.25 * max([p["decode_kmac"] for p in points
+                                    if p.get("decode_kmac") is not None] or [1]))
+    axes[1].set_xscale("log")
     for ax in axes:
-        ax.set_xscale("log")
         ax.set_ylabel("Kodak BD-rate vs JPEG (%)")
         ax.axhline(0, color=COLORS["jpeg"], lw=1, ls=":")
         ax.grid(True, alpha=0.3)
