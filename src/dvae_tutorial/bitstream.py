@@ -10,9 +10,10 @@ byte, low bits first, high bit set on all but the last byte — 1 byte below
 
     magic        4   b"DVAE"
     version      1   FORMAT_VERSION
-    family       1   1 = single-layer VAE, 2 = hierarchical VAE
+    family       1   1 = single-layer VAE, 2 = hierarchical VAE, 3 = variable-rate
     name         1+n length, then the model's name in ASCII
-    lmbda        4   float32, λ of the model (bpp + λ·MSE on [0, 1])
+    lmbda        4   float32, λ of the model (bpp + λ·MSE on [0, 1]); of the
+                     file for a variable-rate model (the λ it was coded at)
     fingerprint  8   first bytes of the SHA-256 of the model's weights
     height       var image height in pixels
     width        var image width in pixels
@@ -47,7 +48,7 @@ MAGIC = b"DVAE"
 #: Bumped whenever the layout or the meaning of a field changes.
 FORMAT_VERSION = 1
 #: Family codes stored in the header.
-FAMILIES = {"single": 1, "hierarchical": 2}
+FAMILIES = {"single": 1, "hierarchical": 2, "variable-rate": 3}
 #: Longest model name the header holds (one length byte).
 MAX_NAME_BYTES = 255
 #: Bytes of the weights' SHA-256 kept to recognise the model.
@@ -91,9 +92,10 @@ class Header:
     """What a ``.dvae`` file says about itself (everything but the streams).
 
     Attributes:
-        family: ``"single"`` or ``"hierarchical"``.
+        family: ``"single"``, ``"hierarchical"`` or ``"variable-rate"``.
         model: name of the shipped model that wrote the file.
-        lmbda: its λ (bpp + λ·MSE on [0, 1]), stored as float32.
+        lmbda: its λ (bpp + λ·MSE on [0, 1]), stored as float32; for a
+            variable-rate model the λ the file was coded at.
         fingerprint: :data:`FINGERPRINT_BYTES` bytes of its weights' SHA-256.
         height, width: the image's size in pixels.
         shapes: the shape of each stream's latent tensor.

@@ -150,7 +150,11 @@ def build_model(config) -> torch.nn.Module:
     :class:`~dvae_tutorial.configs.HierarchicalPriorConfig`,
     :class:`~dvae_tutorial.hierarchical_vae.HierarchicalVAE` for a
     :class:`~dvae_tutorial.configs.HierarchicalConfig`."""
-    from .configs import HierarchicalConfig, HierarchicalPriorConfig
+    from .configs import (
+        HierarchicalConfig,
+        HierarchicalPriorConfig,
+        VariableRateConfig,
+    )
 
     if isinstance(config, ModelConfig):
         return SingleLayerVAE(config)
@@ -162,6 +166,10 @@ def build_model(config) -> torch.nn.Module:
         from .hierarchical_vae import HierarchicalVAE
 
         return HierarchicalVAE(config)
+    if isinstance(config, VariableRateConfig):
+        from .variable_rate import VariableRateVAE
+
+        return VariableRateVAE(config)
     raise DVAEError(f"no model family for a config of type {type(config).__name__}")
 
 
@@ -171,10 +179,14 @@ def model_config(checkpoint: dict):
     ``config_type`` names the dataclass (written since the hierarchical prior
     exists); older files have none and are told apart by ``family``.
     """
-    from .configs import HierarchicalConfig, HierarchicalPriorConfig
+    from .configs import (
+        HierarchicalConfig,
+        HierarchicalPriorConfig,
+        VariableRateConfig,
+    )
 
     types = {t.__name__: t for t in (ModelConfig, HierarchicalConfig,
-                                     HierarchicalPriorConfig)}
+                                     HierarchicalPriorConfig, VariableRateConfig)}
     family = checkpoint.get("family", "single")
     name = checkpoint.get("config_type") or (
         "ModelConfig" if family == "single" else "HierarchicalConfig")
@@ -270,11 +282,17 @@ def preset_name(config) -> str | None:
     from its parent, so only its prior's layout is compared."""
     from dataclasses import asdict
 
-    from .configs import HIERARCHICAL_PRESETS, PRESETS, HierarchicalPriorConfig
+    from .configs import (
+        HIERARCHICAL_PRESETS,
+        PRESETS,
+        VARIABLE_RATE_PRESETS,
+        HierarchicalPriorConfig,
+    )
 
     transforms = {"channels", "latent_channels", "gdn"}
     own = asdict(config)
-    for name, preset in {**PRESETS, **HIERARCHICAL_PRESETS}.items():
+    for name, preset in {**PRESETS, **HIERARCHICAL_PRESETS,
+                         **VARIABLE_RATE_PRESETS}.items():
         if type(preset.model) is not type(config):
             continue
         theirs = asdict(preset.model)
@@ -379,7 +397,7 @@ def training_history(paths=None) -> list[dict]:
             "runs": runs, "total_steps": sum(r["step"] or 0 for r in runs),
             "total_wall_time_s": sum(r["wall_time_s"] or 0.0 for r in runs),
         })
-    order = {"single": 0, "hierarchical": 1}
     if paths is None or all(Path(p).parent == PACKAGE_WEIGHTS for p in paths):
-        rows.sort(key=lambda r: (order.get(r["family"], 2), r["lmbda"] or 0, r["name"]))
+        # the single-layer models (every other family's parents) first, then by λ
+        rows.sort(key=lambda r: (r["family"] != "single", r["lmbda"] or 0, r["name"]))
     return rows

@@ -51,7 +51,8 @@ exact (a desynchronised decoder) and chapter 5 points here.
 Files come from anywhere, so nothing a header says is used before it is
 checked: the model's name is looked up among the shipped names (never
 joined into a path), λ must be finite and positive (and the shipped
-model's own λ, to float32 precision), the image must fit the
+model's own λ, to float32 precision; for a variable-rate model, inside its
+range: the header's λ is the one the file was coded at), the image must fit the
 pixel budget :data:`MAX_PIXELS` and the streams the image, the family,
 fingerprint and latent shapes must be the model's — a crafted header is
 refused before anything is allocated for it. ``decompress_file`` reads a
@@ -106,12 +107,27 @@ _QUOTE_CHARS = 60
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One shipped model: ``name FAMILY lmbda`` and its checkpoint file."""
+    """One shipped model: ``name FAMILY lmbda`` and its checkpoint file; a
+    variable-rate model also has its ``levels`` (it codes at any λ between
+    the first and the last; its ``lmbda`` is the one it was validated at)."""
 
     name: str
     family: str
     lmbda: float
     path: Path
+    levels: tuple[float, ...] = ()
+
+    @property
+    def lmbda_range(self) -> tuple[float, float] | None:
+        """``(lowest, highest)`` λ of a variable-rate model, else ``None``."""
+        return (self.levels[0], self.levels[-1]) if self.levels else None
+
+    @property
+    def lmbda_text(self) -> str:
+        """``845``, or ``100-5000`` for a variable-rate model."""
+        if self.lmbda_range is None:
+            return f"{self.lmbda:g}"
+        return f"{self.lmbda_range[0]:g}-{self.lmbda_range[1]:g}"
 
 
 def shipped_models(family: str | None = None) -> list[ModelInfo]:
@@ -159,8 +175,33 @@ def _info(path: Path) -> ModelInfo:
 @functools.cache
 def _read_info(path: Path, mtime_ns: int, size: int) -> ModelInfo:
     ckpt = load_checkpoint(path)
+    levels = ckpt["model_config"].get("levels") or ()
     return ModelInfo(path.stem, ckpt.get("family", "single"),
-                     float(ckpt["recipe"]["lmbda"]), path)
+                     float(ckpt["recipe"]["lmbda"]), path,
+                     tuple(float(v) for v in levels))
+
+
+def check_lmbda(name: str, lmbda: float | None) -> float:
+    """The λ to give :func:`compress` for the shipped model ``name``: a
+    variable-rate model needs one inside its range, a fixed-rate model takes
+    none (or its own λ); returns it (0.0 for none).
+
+    Raises:
+        DVAEError: unknown name, or a λ the model does not code at (one line
+            naming the range, or the model's λ).
+    """
+    info = _info(_shipped_path(name))
+    if info.lmbda_range is None:
+        if lmbda is not None and lmbda != info.lmbda:
+            raise DVAEError(f"{_quote(name)} codes at λ = {info.lmbda:g} only; "
+                            "--lmbda needs a variable-rate model (`dvae models`)")
+        return 0.0
+    lo, hi = info.lmbda_range
+    if lmbda is None or not (math.isfinite(lmbda) and lo <= lmbda <= hi):
+        given = "no λ" if lmbda is None else f"λ = {lmbda:g}"
+        raise DVAEError(f"{_quote(name)} is a variable-rate model for λ in "
+                        f"{lo:g} … {hi:g}; {given} given (--lmbda)")
+    return float(lmbda)
 
 
 def load_shipped(name: str) -> torch.nn.Module:
@@ -233,20 +274,28 @@ def compress(image: np.ndarray, model: str | torch.nn.Module,
         model: a shipped model's name, or a model object; for an object give
             ``name`` (stored in the header, where :func:`decompress` looks for
             the model) and optionally its ``lmbda`` (0 = not recorded).
+        lmbda: for a variable-rate model (shipped or object) the λ to code
+            at, required and inside its range; it is rounded to float32 (what
+            the header stores) before coding, so the decoder uses the same.
+            A fixed-rate shipped model takes 0 or its own λ.
         max_pixels: refuse a larger image (default :data:`MAX_PIXELS`, what
             :func:`decompress` accepts by default).
 
     Raises:
-        DVAEError: unknown model name, a model object without ``name``, or
-            ``lmbda`` not finite and ≥ 0.
+        DVAEError: unknown model name, a model object without ``name``,
+            ``lmbda`` not finite and ≥ 0, outside a variable-rate model's
+            range, or another λ than a fixed-rate shipped model's.
         DataError: not a uint8 (H, W, 3) image, or one over ``max_pixels``.
 
     See: *A discretized VAE codec* (compressing to bytes).
     """
     if isinstance(model, str):
         path = _shipped_path(model)
-        model_obj = load_shipped(model)
-        name, lmbda = model, _info(path).lmbda
+        model_obj, info = load_shipped(model), _info(path)
+        if info.lmbda_range is None and lmbda not in (0, info.lmbda):
+            raise DVAEError(f"{_quote(model)} codes at λ = {info.lmbda:g} only; "
+                            "another λ needs a variable-rate model (`dvae models`)")
+        name, lmbda = model, (lmbda if info.lmbda_range else info.lmbda)
     else:
         model_obj = model
         if not name:
@@ -261,8 +310,18 @@ def compress(image: np.ndarray, model: str | torch.nn.Module,
                         f"{pixels.shape[0] * pixels.shape[1]:,} pixels, over the "
                         f"pixel budget of {max_pixels:,} (max_pixels=, "
                         "--max-pixels raise it)")
+    coded_at = ()
+    if getattr(model_obj, "family", "single") == "variable-rate":
+        if not lmbda:
+            lo, hi = model_obj.lmbda_range
+            raise DVAEError(f"{_quote(name)} is a variable-rate model: give the λ to "
+                            f"code at (--lmbda, {lo:g} … {hi:g})")
+        model_obj.check_lmbda(lmbda)
+        lmbda = _float32(lmbda)  # what the header holds and the decoder reads
+        coded_at = (lmbda,)
     # no reference kept here: the model drops the float image once it has y
-    compressed = model_obj.compress(to_tensor01(pixels).unsqueeze(0))  # checks it
+    compressed = model_obj.compress(to_tensor01(pixels).unsqueeze(0),  # checks it
+                                    *coded_at)
     height, width = (int(side) for side in pixels.shape[:2])
     shapes = tuple(tuple(s) for s in model_obj.stream_shapes((height, width)))
     header = bitstream.Header(getattr(model_obj, "family", "single"), name,
@@ -311,7 +370,9 @@ def decompress(data: bytes, model: torch.nn.Module | None = None,
     if layers is not None and not hasattr(model, "decompress_progressive"):
         raise DVAEError(f"progressive decoding needs a hierarchical model; "
                         f"{_quote(header.model)} is a {header.family} model")
-    if layers is None:
+    if header.family == "variable-rate":  # decoded at the λ it was coded at
+        x_hat = model.decompress(streams, size, header.lmbda)
+    elif layers is None:
         x_hat = model.decompress(streams, size)
     else:
         x_hat = model.decompress_progressive(streams, size, layers)
@@ -345,6 +406,11 @@ def check_header(header: bitstream.Header, max_pixels: int = MAX_PIXELS,
                           f"({_max_stream_bytes(height, width):,})")
 
 
+def _float32(value: float) -> float:
+    """``value`` rounded to float32, as the header stores it."""
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
 def _max_stream_bytes(height: int, width: int) -> int:
     return MAX_BYTES_PER_PIXEL * height * width + STREAM_SLACK_BYTES
 
@@ -360,10 +426,16 @@ def _header_model(header: bitstream.Header,
             raise CodingError(f"the file was written by model {_quote(header.model)}, "
                               "which this installation does not ship "
                               f"({_shipped_names()})") from None
-        lmbda = _info(_shipped_path(header.model)).lmbda
-        if header.lmbda != struct.unpack("<f", struct.pack("<f", lmbda))[0]:
+        info = _info(_shipped_path(header.model))
+        if info.lmbda_range is not None:  # variable-rate: any λ of its range
+            lo, hi = info.lmbda_range
+            if not lo <= header.lmbda <= hi:
+                raise CodingError(f"the header's λ = {header.lmbda:g} is outside "
+                                  f"model {_quote(header.model)}'s range {lo:g} … "
+                                  f"{hi:g}; the file is corrupt")
+        elif header.lmbda != _float32(info.lmbda):
             raise CodingError(f"the header's λ = {header.lmbda:g} is not model "
-                              f"{_quote(header.model)}'s ({lmbda:g}); the file is "
+                              f"{_quote(header.model)}'s ({info.lmbda:g}); the file is "
                               "corrupt")
     if fingerprint(model) != header.fingerprint:
         raise CodingError(f"the file was written by other weights than this "
@@ -374,6 +446,11 @@ def _header_model(header: bitstream.Header,
     if header.family != family:
         raise CodingError(f"the header says a {header.family} model, but "
                           f"{_quote(header.model)} is a {family} model")
+    if family == "variable-rate":
+        lo, hi = model.lmbda_range
+        if not lo <= header.lmbda <= hi:
+            raise CodingError(f"the header's λ = {header.lmbda:g} is outside model "
+                              f"{_quote(header.model)}'s range {lo:g} … {hi:g}")
     size = (header.height, header.width)
     expected = tuple(tuple(s) for s in model.stream_shapes(size))
     if header.shapes != expected:
@@ -402,13 +479,15 @@ def check_out_dir(out_dir: str | os.PathLike) -> None:
 
 def compress_file(source: str | os.PathLike, out_dir: str | os.PathLike,
                   model: str, *, force: bool = False,
-                  max_pixels: int = MAX_PIXELS) -> tuple[Path, Encoded]:
+                  max_pixels: int = MAX_PIXELS,
+                  lmbda: float = 0.0) -> tuple[Path, Encoded]:
     """Read an image file, write ``out_dir/<stem>.dvae``; return its path and
     :class:`Encoded`.
 
     An existing ``<stem>.dvae`` is replaced only with ``force`` (and never
     when it is ``source`` itself); an image over ``max_pixels`` is refused
-    before its pixels are decoded.
+    before its pixels are decoded. ``lmbda``: as in :func:`compress` (a
+    variable-rate model's λ).
 
     Raises:
         DataError: unreadable or too large image, unwritable or existing
@@ -421,7 +500,7 @@ def compress_file(source: str | os.PathLike, out_dir: str | os.PathLike,
     with _out_of_memory_is_an_error(source):
         image = load_image(source, max_pixels=max_pixels)
         try:
-            encoded = compress(image, model, max_pixels=max_pixels)
+            encoded = compress(image, model, lmbda=lmbda, max_pixels=max_pixels)
         except CodingError as err:
             raise CodingError(f"{source}: {err}") from None
     _write(target, encoded.data, force)

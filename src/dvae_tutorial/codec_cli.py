@@ -28,13 +28,14 @@ def _cli_models(args: argparse.Namespace) -> int:
     infos = shipped_models(args.family)
     if not args.cost:
         for info in infos:
-            print(f"{info.name} {info.family} {info.lmbda:g}")
+            print(f"{info.name} {info.family} {info.lmbda_text}")
         return 0
     from .cost import shipped_cost
 
     print("NAME FAMILY LMBDA PARAMS MB ENC_KMAC/PX DEC_KMAC/PX")
+    texts = {info.name: info.lmbda_text for info in infos}
     for row in shipped_cost([info.name for info in infos]):
-        print(f"{row['model']} {row['family']} {row['lmbda']:g} {row['parameters']} "
+        print(f"{row['model']} {row['family']} {texts[row['model']]} {row['parameters']} "
               f"{row['total_mb']:.2f} {row['encode_kmac_per_pixel']:.1f} "
               f"{row['decode_kmac_per_pixel']:.1f}")
     return 0
@@ -62,15 +63,16 @@ def _run_each(paths: list[str], command: str, work) -> int:
 
 
 def _cli_compress(args: argparse.Namespace) -> int:
-    from .codec import check_out_dir, compress_file, load_shipped
+    from .codec import check_lmbda, check_out_dir, compress_file
 
     _check_stems(args.images, "compress")
     check_out_dir(args.out_dir)
-    load_shipped(args.model)  # an unknown name fails once, before any file
+    # an unknown name, or a λ the model does not code at, fails once, before any file
+    lmbda = check_lmbda(args.model, args.lmbda)
 
     def work(path: str) -> str:
         target, enc = compress_file(path, args.out_dir, args.model, force=args.force,
-                                    max_pixels=_max_pixels(args))
+                                    max_pixels=_max_pixels(args), lmbda=lmbda)
         return (f"{path} -> {target}: {len(enc.data)} bytes, {enc.bpp:.4f} bpp "
                 f"(−Σlog₂P {enc.estimated_bpp:.4f} bpp), {enc.width}×{enc.height}")
 
@@ -103,6 +105,15 @@ def _cli_evaluate(args: argparse.Namespace) -> int:
     names = args.model or [i.name for i in shipped_models(args.family)]
     if not names:
         raise DVAEError("no models to evaluate (`dvae models` lists the shipped ones)")
+    if args.lmbda:
+        from .codec import check_lmbda
+
+        variable = [i.name for i in shipped_models("variable-rate") if i.name in names]
+        if not variable:
+            raise DVAEError("--lmbda sweeps a variable-rate model; none is among "
+                            "the models evaluated")
+        for lmbda in args.lmbda:
+            check_lmbda(variable[0], lmbda)
     if args.images is not None:
         images, labels = folder_images(args.images, args.limit)
         dataset = f"{Path(args.images).resolve().name} ({len(images)} images, native size)"
@@ -113,7 +124,8 @@ def _cli_evaluate(args: argparse.Namespace) -> int:
         labels = [f"kodim{i + 1:02d}" for i in range(len(images))]
         dataset = f"Kodak ({len(images)} images)"
     report = evaluation_report(images, labels, dataset, names, codecs, cost=args.cost,
-                               progress=lambda line: print(line, file=sys.stderr))
+                               progress=lambda line: print(line, file=sys.stderr),
+                               lmbdas=args.lmbda or None)
     for title, key in (("BD-rate", "bd_rate_percent"),
                        ("BD-rate (MS-SSIM)", "bd_rate_ms_ssim_percent")):
         for series, row in report[key].items():
@@ -139,6 +151,15 @@ def _codec_list(text: str) -> list[str]:
             f"unknown codec {', '.join(unknown) or repr(text)}; choose from "
             f"{', '.join(CODEC_QUALITIES)}")
     return names
+
+
+def _lmbda_list(text: str) -> list[float]:
+    """``--lmbda`` of ``dvae evaluate``: one λ or a comma list (``100,300``)."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a λ or a comma list of λ: "
+                                         f"{text!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -185,6 +206,10 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
                        "16-bit; up to --max-pixels) to DIR/<stem>.dvae with a shipped model.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", required=True, help="a name from `dvae models`")
+    p.add_argument("--lmbda", type=float, metavar="L",
+                   help="variable-rate models: the λ to code at, inside the "
+                   "model's range (`dvae models` prints it); recorded in the "
+                   "file, so decompress needs no flag")
     p.add_argument("--out-dir", required=True, metavar="DIR")
     _add_output_options(p)
     p.set_defaults(func=_cli_compress)
@@ -228,5 +253,9 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cost", action="store_true", help="add the models' cost "
                    "(parameters, bytes, kMAC/pixel; as `dvae models --cost`) "
                    "to the report")
+    p.add_argument("--lmbda", type=_lmbda_list, action="extend", metavar="L",
+                   help="variable-rate models: evaluate at these λ (repeatable or "
+                   "a comma list; default: its levels and the geometric middles "
+                   "between them), one series <name>-<λ>")
     p.add_argument("--json", metavar="PATH", help="write the report here, not stdout")
     p.set_defaults(func=_cli_evaluate)

@@ -84,6 +84,7 @@ def _passes(model: nn.Module, synthesis: Callable) -> tuple[Callable, Callable]:
     from .hierarchical_vae import HierarchicalVAE
     from .quantization import quantize
     from .single_layer_vae import SingleLayerVAE
+    from .variable_rate import VariableRateVAE
 
     def encode_choice(layer, mean, scale, post):
         return quantize(post, mean)
@@ -116,6 +117,18 @@ def _passes(model: nn.Module, synthesis: Callable) -> tuple[Callable, Callable]:
                 z_hat = model.z_prior(z_shape)[0]
             mean, _ = model.prior_parameters(y_shape, z_hat)
             synthesis(model.g_s, mean)
+    elif isinstance(model, VariableRateVAE):  # at its validation λ (any costs alike)
+        def encode(x):
+            y = model.g_a(x)
+            gain, _, mean, _ = model.rate_parameters(torch.full((1,),
+                                                                model.middle_lmbda))
+            quantize(y * gain, mean)
+
+        def decode(x):
+            y_shape = model.stream_shapes(tuple(x.shape[-2:]))[0]
+            _, inverse, mean, _ = model.rate_parameters(torch.full(
+                (1,), model.middle_lmbda))
+            synthesis(model.g_s, mean.expand(y_shape) * inverse)
     elif isinstance(model, HierarchicalVAE):
         def encode(x):
             model._top_down(1, x.shape[-2:], encode_choice, model.encode(x))
@@ -124,7 +137,8 @@ def _passes(model: nn.Module, synthesis: Callable) -> tuple[Callable, Callable]:
             model._top_down(1, x.shape[-2:], decode_choice)
     else:
         raise TypeError(f"no cost passes for a {type(model).__name__}; cost knows "
-                        "SingleLayerVAE, HierarchicalPriorVAE and HierarchicalVAE")
+                        "SingleLayerVAE, VariableRateVAE, HierarchicalPriorVAE and "
+                        "HierarchicalVAE")
     return encode, decode
 
 

@@ -300,7 +300,8 @@ def _sorted_by(keys, values) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_model(model, images: Sequence, names: Sequence[str] | None = None,
-                   name: str | None = None, ms_ssim: bool = False) -> dict:
+                   name: str | None = None, ms_ssim: bool = False,
+                   lmbda: float | None = None) -> dict:
     """Compress and decompress every image through real ``.dvae`` file bytes.
 
     Args:
@@ -309,6 +310,9 @@ def evaluate_model(model, images: Sequence, names: Sequence[str] | None = None,
         names: one label per image (default ``image00``, ``image01``…).
         ms_ssim: also measure :func:`ms_ssim_8bit` of each decoded file (off
             by default: 0.3–0.5 s per Kodak image on one CPU thread).
+        lmbda: a variable-rate model's λ to code at; the result's ``model``
+            is then ``<name>-<λ>`` (one point of the series ``<name>``) and
+            it has ``lmbda``.
 
     Returns:
         ``{"model", "images": [per-image rows], "bpp", "estimated_bpp",
@@ -333,7 +337,7 @@ def evaluate_model(model, images: Sequence, names: Sequence[str] | None = None,
     rows = []
     for i, image in enumerate(images):
         start = time.perf_counter()
-        encoded = codec.compress(image, model, name=name)
+        encoded = codec.compress(image, model, name=name, lmbda=lmbda or 0.0)
         middle = time.perf_counter()
         decoded = codec.decompress(encoded.data, model=obj)
         end = time.perf_counter()
@@ -352,8 +356,9 @@ def evaluate_model(model, images: Sequence, names: Sequence[str] | None = None,
     overhead = np.mean([100 * (r["bpp"] / r["estimated_bpp"] - 1) for r in rows])
     if ms_ssim:
         summary.update(_ms_ssim_summary([r["ms_ssim"] for r in rows]))
+    at = {} if lmbda is None else {"model": f"{label}-{lmbda:g}", "lmbda": lmbda}
     return {"model": label, **summary, "overhead_percent": float(overhead),
-            "images": rows}
+            **at, "images": rows}
 
 
 def model_series(name: str) -> str:
@@ -529,7 +534,8 @@ def folder_images(folder: str | os.PathLike, limit: int | None = None,
 def evaluation_report(images: Sequence, labels: Sequence[str], dataset: str,
                       models: Sequence[str] = (), codecs: Sequence[str] = ("jpeg",),
                       cost: bool = False, ms_ssim: bool = True,
-                      progress: Callable[[str], None] | None = None) -> dict:
+                      progress: Callable[[str], None] | None = None,
+                      lmbdas: Sequence[float] | None = None) -> dict:
     """Everything ``dvae evaluate --json`` writes: models and classical codecs
     on the same images, on one footing (real file bytes, 8-bit PSNR, MS-SSIM).
 
@@ -542,6 +548,9 @@ def evaluation_report(images: Sequence, labels: Sequence[str], dataset: str,
         cost: add :func:`~dvae_tutorial.cost.shipped_cost` rows of ``models``.
         ms_ssim: measure MS-SSIM (else its fields are ``None``/absent).
         progress: called with one line per model and codec measured.
+        lmbdas: the λ at which a variable-rate model of ``models`` is
+            evaluated, one series ``<name>-<λ>`` (default:
+            :func:`~dvae_tutorial.variable_rate.sweep_lmbdas` of its levels).
 
     Returns:
         ``{"dataset", "images": [{"image", "width", "height"}], "versions",
@@ -566,8 +575,9 @@ def evaluation_report(images: Sequence, labels: Sequence[str], dataset: str,
             f"{min(curve['bpp']):.3f}–{max(curve['bpp']):.3f} bpp, "
             f"{min(curve['psnr']):.2f}–{max(curve['psnr']):.2f} dB")
     results = []
-    for name in models:
-        result = evaluate_model(name, images, labels, ms_ssim=ms_ssim)
+    for name, lmbda in _operating_points(models, lmbdas):
+        result = evaluate_model(name, images, labels, ms_ssim=ms_ssim, lmbda=lmbda)
+        name = result["model"]
         results.append(result)
         extra = ("" if result.get("ms_ssim") is None
                  else f", MS-SSIM {result['ms_ssim']:.4f} ({result['ms_ssim_db']:.2f} dB)")
@@ -598,6 +608,24 @@ def evaluation_report(images: Sequence, labels: Sequence[str], dataset: str,
 
         report["cost"] = shipped_cost(list(models))
     return report
+
+
+def _operating_points(models: Sequence[str], lmbdas: Sequence[float] | None
+                      ) -> list[tuple[str, float | None]]:
+    """``(name, λ)`` to evaluate: ``(name, None)`` for a fixed-rate model, a
+    variable-rate model at each of ``lmbdas`` (default: its sweep)."""
+    from .codec import shipped_models
+    from .variable_rate import sweep_lmbdas
+
+    ranges = {i.name: i for i in shipped_models() if i.lmbda_range is not None}
+    points: list[tuple[str, float | None]] = []
+    for name in models:
+        if name not in ranges:
+            points.append((name, None))
+            continue
+        levels = ranges[name].levels
+        points += [(name, float(v)) for v in (lmbdas or sweep_lmbdas(levels))]
+    return points
 
 
 def _versions() -> dict[str, str]:

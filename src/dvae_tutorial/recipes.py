@@ -25,7 +25,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configs import HIERARCHICAL_PRESETS, PAPER, PRESETS, HierarchicalPriorConfig
+from .configs import (
+    HIERARCHICAL_PRESETS,
+    PAPER,
+    PRESETS,
+    VARIABLE_RATE_PRESETS,
+    HierarchicalPriorConfig,
+)
 from .configs import ModelConfig as _ModelConfig
 
 #: Settings of a run's TrainConfig that ``dvae train`` takes as options.
@@ -116,13 +122,17 @@ def _chain(path: Path, ckpt: dict) -> list[dict]:
     recipe = ckpt.get("recipe") or {}
     shared = (ckpt.get("shared") or {}).get("file")
     prior = isinstance(model_config(ckpt), HierarchicalPriorConfig)
+    # a variable-rate model starts from a single-layer model's transforms: its
+    # parent is a holder of them, not an exact --init of the same architecture
+    variable = type(model_config(ckpt)).__name__ == "VariableRateConfig"
     runs = [{"node": recipe, "file": path.name, "step": ckpt.get("step"),
              "widened": False, "holder": False, "train": ckpt.get("train_config"),
              "config": model_config(ckpt), "prior": prior}]
     node = recipe
     while node.get("parent"):
         parent = node["parent"]
-        holder = prior and (parent.get("transforms_file") or shared) == parent["file"]
+        holder = (prior and (parent.get("transforms_file") or shared) == parent["file"]
+                  or variable and node is recipe)
         prior = prior and not holder
         runs.append({"node": parent, "file": parent.get("file"),
                      "step": parent.get("step"), "widened": bool(parent.get("widened")),
@@ -289,7 +299,7 @@ def _run(index, entry, config, how, parent, out_dir, preset_name) -> Run:
 
 
 #: Every preset ``dvae train`` knows (as in :mod:`~dvae_tutorial.train_cli`).
-TRAIN_PRESETS = {**PRESETS, **HIERARCHICAL_PRESETS}
+TRAIN_PRESETS = {**PRESETS, **HIERARCHICAL_PRESETS, **VARIABLE_RATE_PRESETS}
 
 
 def gpu_hours(cpu_seconds: float, speedup: float) -> float:

@@ -17,11 +17,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .configs import AMP_MODES, HIERARCHICAL_PRESETS, PRESETS
+from .configs import AMP_MODES, HIERARCHICAL_PRESETS, PRESETS, VARIABLE_RATE_PRESETS
 from .errors import DataError, DVAEError
 
-#: Every preset ``dvae train`` knows: single-layer and hierarchical.
-TRAIN_PRESETS = {**PRESETS, **HIERARCHICAL_PRESETS}
+#: Every preset ``dvae train`` knows: single-layer, hierarchical, variable-rate.
+TRAIN_PRESETS = {**PRESETS, **HIERARCHICAL_PRESETS, **VARIABLE_RATE_PRESETS}
 
 #: The end of ``dvae train --help``: precision and several GPUs.
 EPILOG = """\
@@ -41,6 +41,13 @@ hierarchical models over a single-layer one (hier3, hier12), in two stages:
   dvae train --preset hier12 --lmbda 845 --init runs/hier12-845.pt \\
       --amp bf16 --channels-last --batch 8 --out runs/hier12-845-e2e.pt
   fine-tunes everything end to end on 256x256 patches.
+
+one model for every rate (variable-rate, chapter 8): fine-tune a factorized
+  single-layer model with per-channel gains learned at λ = 100, 300, 845,
+  2500, 5000 (each patch's λ drawn anew; --lmbda is only the validation λ):
+  dvae train --preset variable-rate --init single-845 --amp bf16 \
+      --channels-last --out runs/vr/vr.pt --export runs/vr/single-vr.pt
+  then dvae compress --model single-vr --lmbda L (any L in 100 ... 5000).
 
 several GPUs: launch the same command with torchrun, one process per GPU:
   torchrun --nproc_per_node 4 -m dvae_tutorial.cli train --preset resnet12 \\
@@ -110,7 +117,8 @@ def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
     seed_everything(cfg.seed)
     model = build_model(_model_config(preset.model, args, out))
     parent = _init_from(model, args.init) if args.init else None
-    trained, data, extra = model, patches, None
+    trained, data = model, patches
+    extra = model.recipe_fields() if hasattr(model, "recipe_fields") else None
     if args.freeze_transforms:
         trained, data, extra = _prior_stage(model, args, cfg, out, train_root)
         say(f"dvae train: transforms frozen; the prior trains on {len(data)} cached "
@@ -211,7 +219,13 @@ def _init_from(model, path: str) -> dict:
             and ckpt.get("config_type", "ModelConfig") == "ModelConfig"
             and ckpt.get("family", "single") == "single" else ())
     state = ema_weights(ckpt)
-    if only and "y_prior.mean" in state:  # the hierarchy starts as the parent's prior
+    if hasattr(model, "start_from_single"):  # variable-rate: from a factorized model
+        if "y_prior.mean" not in state:
+            raise DVAEError(f"--init {path}: a variable-rate model starts from a "
+                            "factorized single-layer model (e.g. single-845)")
+        model.start_from_single(state, float(ckpt["recipe"]["lmbda"]))
+        only = ("g_a.", "g_s.")
+    elif only and "y_prior.mean" in state:  # the hierarchy starts as the parent's prior
         model.prior.start_from_factorized(state["y_prior.mean"],
                                           state["y_prior.raw_scale"])
     try:

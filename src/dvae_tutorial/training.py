@@ -162,6 +162,10 @@ def train_step(model: SingleLayerVAE, optimizer: torch.optim.Optimizer, x: Tenso
                amp_dtype: torch.dtype | None = None) -> tuple[float, ...] | None:
     """One optimizer step on ``loss = mean(bpp + lmbda * mse)``, or a skip.
 
+    A model whose output carries each image's ``lmbda`` and ``loss_weight``
+    (:class:`~dvae_tutorial.variable_rate.VariableRateVAE`) is trained on
+    ``mean(loss_weight * (bpp + lmbda * mse))`` instead.
+
     Sets the learning rate ``cfg.lr_at(step)``, clips the gradient to
     ``cfg.grad_clip``; skips (returns ``None``, weights untouched) when the
     loss is not finite or the gradient norm before clipping exceeds
@@ -177,7 +181,10 @@ def train_step(model: SingleLayerVAE, optimizer: torch.optim.Optimizer, x: Tenso
     with (contextlib.nullcontext() if amp_dtype is None else
           torch.autocast(x.device.type, dtype=amp_dtype)):
         out = model(x)
-    loss = (out.bpp + cfg.lmbda * out.mse).mean()
+    if getattr(out, "lmbda", None) is None:
+        loss = (out.bpp + cfg.lmbda * out.mse).mean()
+    else:  # a variable-rate model: each image's own λ and weight
+        loss = (out.loss_weight * (out.bpp + out.lmbda * out.mse)).mean()
     optimizer.zero_grad(set_to_none=True)
     terms = torch.stack([loss, out.bpp.mean(), out.mse.mean()]).detach()
     if not torch.isfinite(distributed.mean_over_ranks_(terms)[0]):
