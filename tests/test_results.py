@@ -23,7 +23,7 @@ def _report(scale=0.5):
     """JPEG at bpp = exp((psnr - 20) / 5); a 'single' series needing ``scale``
     times JPEG's bits at every PSNR (BD-rate exactly 100·(scale − 1))."""
     psnr = np.linspace(26, 38, 6)
-    jpeg = _curve(np.exp((psnr - 20) / 5), psnr)
+    jpeg = {**_curve(np.exp((psnr - 20) / 5), psnr), "quality": [10, 30, 50, 70, 90, 95]}
     models = []
     for i, p in enumerate(psnr[1:5]):
         rate = scale * np.exp((p - 20) / 5)
@@ -185,3 +185,13 @@ def test_monitored_photos_are_the_ones_training_validated_on(tmp_path):
     for crop, name in zip(crops, names, strict=True):
         x = to_tensor01(load_image(tmp_path / name))
         assert torch.equal(crop, x[:, 4:36, 8:40])
+
+
+def test_trim_codec_drops_the_high_qualities_everywhere():
+    report = _two_image_report()
+    out = results.trim_codec(report, "jpeg", max_quality=10)
+    jpeg = out["codecs"]["jpeg"]
+    assert jpeg["quality"] == [10] and jpeg["bpp"] == [0.3] and jpeg["ms_ssim"] == [0.9]
+    assert [r["psnr"] for r in jpeg["images"]] == [[26.0], [28.0]]
+    assert out["jpeg"]["psnr"] == [27.0] and "bd_rate_percent" not in out
+    assert report["codecs"]["jpeg"]["quality"] == [10, 50]  # the input is untouched

@@ -17,9 +17,9 @@ from .plotting import COLORS, labelled, new_axes
 STYLE = {
     "jpeg": (COLORS["jpeg"], "s-"), "webp": ("#E69F00", "^-"),
     "avif": ("#F0E442", "v-"), "single": (COLORS["model"], "o-"),
-    "hier3": ("#56B4E9", "o-"), "hier12": (COLORS["alt"], "o-"),
-    "bmshj2018-factorized": ("#777777", "--"), "bmshj2018-hyperprior": ("#555555", "--"),
-    "mbt2018-mean": (COLORS["accent"], "--"), "mbt2018": ("#8E3A6E", "--"),
+    "hier3": ("#56B4E9", "d:"), "hier12": (COLORS["alt"], "o-"),
+    "bmshj2018-factorized": ("#999999", "--"), "bmshj2018-hyperprior": ("#444444", "-."),
+    "mbt2018-mean": (COLORS["accent"], "--"), "mbt2018": ("#8E3A6E", "-."),
     "qres-vae": ("#000000", "--"), "vtm": ("#AA4400", ":"),
 }
 
@@ -38,7 +38,7 @@ def plot_rd_twice(curves: dict[str, dict], *, max_bpp: float = 3.5, title=None):
     against bpp) and the field's (PSNR against bpp). The MSE axis shows
     255²·10^(−PSNR/10), i.e. the geometric mean of the per-image MSEs (0–255
     scale), so both panels carry the same numbers."""
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6), layout="constrained")
     for name, curve in curves.items():
         color, style = _style(name)
         bpp = np.asarray(curve["bpp"])
@@ -49,7 +49,7 @@ def plot_rd_twice(curves: dict[str, dict], *, max_bpp: float = 3.5, title=None):
         axes[0].plot(bpp[keep], 255.0 ** 2 * 10 ** (-psnr[keep] / 10), style, **kw)
         axes[1].plot(bpp[keep], psnr[keep], style, **kw)
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("MSE (0–255 scale, log axis)")
+    axes[0].set_ylabel("MSE, geometric mean over images (0–255 scale, log)")
     axes[0].set_title("the seed's axes")
     axes[1].set_ylabel("PSNR (dB)")
     axes[1].set_title("the field's axes")
@@ -57,7 +57,7 @@ def plot_rd_twice(curves: dict[str, dict], *, max_bpp: float = 3.5, title=None):
         ax.set_xlabel("bits per pixel (file bytes)")
         ax.set_xlim(0, max_bpp)
         ax.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
     return fig
@@ -65,13 +65,13 @@ def plot_rd_twice(curves: dict[str, dict], *, max_bpp: float = 3.5, title=None):
 
 @labelled
 def plot_per_image_gains(gains_by_set: dict[str, dict[str, dict[str, float]]], *,
-                         title=None):
+                         names: dict[str, str] | None = None, title=None):
     """Per-image BD-rate vs JPEG, one panel per test set: one column of dots
     per codec (an image each), its median as a bar; best and worst image of
     the first codec named."""
     fig, axes = plt.subplots(1, len(gains_by_set), figsize=(5.6 * len(gains_by_set), 4.2),
                              layout="constrained", squeeze=False)
-    rng = np.random.default_rng(0)
+    rng, names = np.random.default_rng(0), names or {}
     for ax, (dataset, gains) in zip(axes[0], gains_by_set.items(), strict=True):
         for i, (name, per_image) in enumerate(gains.items()):
             values = np.asarray(list(per_image.values()))
@@ -85,8 +85,8 @@ def plot_per_image_gains(gains_by_set: dict[str, dict[str, dict[str, float]]], *
             ax.annotate(f"{where}: {image}", (0, first[image]), xytext=(8, 0),
                         textcoords="offset points", fontsize=7, va="center")
         ax.axhline(0, color=COLORS["jpeg"], lw=1, ls=":")
-        ax.set_xticks(range(len(gains)), [n for n in gains], fontsize=8)
-        ax.set_ylabel("BD-rate vs JPEG per image (%)")
+        ax.set_xticks(range(len(gains)), [names.get(n, n) for n in gains], fontsize=7)
+        ax.set_ylabel("BD-rate vs JPEG per image (%; below 0: fewer bits)")
         ax.set_title(dataset, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
     if title:
@@ -107,16 +107,16 @@ def plot_gain_vs_cost(points: list[dict], *, title=None):
             axes[0].scatter(p["decode_kmac"], p["vs_jpeg"], color=color, s=40,
                             marker=marker)
             axes[0].annotate(p["label"], (p["decode_kmac"], p["vs_jpeg"]),
-                             xytext=(5, 4), textcoords="offset points", fontsize=7)
+                             xytext=p.get("offset", (5, 4)), textcoords="offset points",
+                             fontsize=7)
         if p.get("decode_s") is not None:
             axes[1].scatter(p["decode_s"], p["vs_jpeg"], color=color, s=40,
                             marker=marker)
             axes[1].annotate(p["label"], (p["decode_s"], p["vs_jpeg"]),
-                             xytext=(5, 4), textcoords="offset points", fontsize=7)
-    axes[0].set_xlabel("decode kMAC per pixel, mean of the series' models "
-                       "(torch.utils.flop_counter)")
-    axes[1].set_xlabel("decode seconds per Kodak image (CPU; ◆ = published, "
-                       "another machine)")
+                             xytext=p.get("offset", (5, 4)), textcoords="offset points",
+                             fontsize=7)
+    axes[0].set_xlabel("decode kMAC per pixel (flop_counter)")
+    axes[1].set_xlabel("decode s per Kodak image (◆ published, other CPU)")
     axes[0].set_xlim(0, 1.25 * max([p["decode_kmac"] for p in points
                                     if p.get("decode_kmac") is not None] or [1]))
     axes[1].set_xscale("log")
@@ -139,7 +139,8 @@ def plot_bd_bars(rows: list[dict], *, ax=None, title=None):
         color, _ = _style(r["name"])
         ax.barh(i, r["vs_jpeg"], color=color,
                 hatch="//" if r["kind"] == "published" else None, edgecolor="k", lw=0.4)
-    ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=7)
+    ax.set_yticks(range(len(rows)), [r["label"] + (" [float PSNR]" if r["psnr_on"] == "float"
+                                                   else "") for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("BD-rate vs JPEG on Kodak (%), PSNR; fewer bits ←")
     if title:
