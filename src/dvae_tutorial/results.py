@@ -35,17 +35,23 @@ from .evaluation import (
 
 #: The committed full-mode measurements: set name → file under ``measured/``.
 MEASURED = Path(__file__).parent / "measured"
-SETS = {"kodak": "kodak.json", "bsds500_val": "bsds500_val.json"}
+SETS = {"kodak": "kodak.json", "bsds500_val": "bsds500_val.json",
+        "kodak_variable_rate": "kodak_variable_rate.json"}
 
 #: The commands that wrote :data:`SETS` (run from the repository root with
 #: ``DVAE_DATA`` set; the second set at native size).
 COMMANDS = {
-    "kodak": "dvae evaluate --codec webp,avif --cost --json kodak.json",
+    "kodak": ("dvae evaluate " + " ".join(
+        f"--model {family}-{lmbda}" for family in ("hier12", "hier3")
+        for lmbda in (100, 300, 845, 2500))
+        + " " + " ".join(f"--model single-{lmbda}" for lmbda in (100, 300, 845, 2500, 5000))
+        + " --codec webp,avif --cost --json kodak.json"),
     "bsds500_val": ("dvae evaluate --model single-100 --model single-300 "
                     "--model single-845 --model single-2500 --model single-5000 "
                     "--model hier12-100 --model hier12-300 --model hier12-845 "
                     "--model hier12-2500 --codec webp,avif "
                     "--images $DVAE_DATA/val/bsds500_val --json bsds500_val.json"),
+    "kodak_variable_rate": "dvae evaluate --model single-vr --json kodak_variable_rate.json",
 }
 
 #: Published curves of chapter 7, in legend order (keys of ``published_curve``).
