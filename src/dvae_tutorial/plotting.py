@@ -83,7 +83,8 @@ def labelled(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def draw(*args, **kwargs):
         out = fn(*args, **kwargs)
-        fig = out if isinstance(out, Figure) else out.figure
+        first = out[0] if isinstance(out, tuple | list) else out  # e.g. (ax1, ax2)
+        fig = first if isinstance(first, Figure) else first.figure
         while not isinstance(fig, Figure):  # a sub-figure: name the whole figure
             fig = fig.figure
         if not fig.get_label():
