@@ -272,7 +272,9 @@ def test_report_has_bd_rates_on_both_metrics_and_per_image(folder, tiny_models,
 
 def test_no_library_module_imports_a_command_line_module():
     package = Path(evaluation.__file__).parent
-    cli_modules = {"cli"} | {p.stem for p in package.glob("*_cli.py")}
+    # cli_reference renders the parser for the appendix: part of the command
+    # line's layer (no library module imports it; checked below).
+    cli_modules = {"cli", "cli_reference"} | {p.stem for p in package.glob("*_cli.py")}
     for path in package.glob("*.py"):
         if path.stem in cli_modules:
             continue
