@@ -95,6 +95,18 @@ class SplineFlow(nn.Module):
         expanded = t.expand(*idx.shape[:-1], *t.shape)
         return torch.gather(expanded, -1, idx.unsqueeze(-1)).squeeze(-1)
 
+    def _segment(self, v: Tensor, by_output: bool):
+        """The spline segment of each ``v``: its knots ``x0, y0``, width ``w``,
+        height ``h``, slope ``s = h / w`` and end derivatives ``d0, d1``; the bin
+        is found among the inputs (``forward``) or the outputs (``inverse``)."""
+        xk, yk, dk = self._knots(v.dtype)
+        k = self._bin(yk if by_output else xk, v)
+        x0, x1 = self._gather(xk, k), self._gather(xk, k + 1)
+        y0, y1 = self._gather(yk, k), self._gather(yk, k + 1)
+        d0, d1 = self._gather(dk, k), self._gather(dk, k + 1)
+        w, h = x1 - x0, y1 - y0
+        return x0, y0, w, h, h / w, d0, d1
+
     def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """``z_offset = T(u)`` and ``log T'(u)`` (natural log), both shaped like ``u``.
 
@@ -104,13 +116,7 @@ class SplineFlow(nn.Module):
         .. math:: S(u) = y_k + h_k \\frac{s_k \\xi^2 + d_k \\xi(1-\\xi)}
            {s_k + (d_{k+1} + d_k - 2 s_k)\\xi(1-\\xi)}.
         """
-        xk, yk, dk = self._knots(u.dtype)
-        k = self._bin(xk, u)
-        x0, x1 = self._gather(xk, k), self._gather(xk, k + 1)
-        y0, y1 = self._gather(yk, k), self._gather(yk, k + 1)
-        d0, d1 = self._gather(dk, k), self._gather(dk, k + 1)
-        w, h = x1 - x0, y1 - y0
-        s = h / w
+        x0, y0, w, h, s, d0, d1 = self._segment(u, by_output=False)
         xi = ((u - x0) / w).clamp(0.0, 1.0)
         mix = xi * (1 - xi)
         denom = s + (d1 + d0 - 2 * s) * mix
@@ -127,13 +133,7 @@ class SplineFlow(nn.Module):
         """
         a_width = self.log_width.to(offset.dtype).exp()
         v = (offset / a_width).clamp(-0.5, 0.5)
-        xk, yk, dk = self._knots(offset.dtype)
-        k = self._bin(yk, v)
-        x0, x1 = self._gather(xk, k), self._gather(xk, k + 1)
-        y0, y1 = self._gather(yk, k), self._gather(yk, k + 1)
-        d0, d1 = self._gather(dk, k), self._gather(dk, k + 1)
-        w, h = x1 - x0, y1 - y0
-        s = h / w
+        x0, y0, w, h, s, d0, d1 = self._segment(v, by_output=True)
         dy = v - y0
         curv = d1 + d0 - 2 * s
         qa = h * (s - d0) + dy * curv

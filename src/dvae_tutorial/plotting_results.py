@@ -103,18 +103,13 @@ def plot_gain_vs_cost(points: list[dict], *, title=None):
     for p in points:
         color, _ = _style(p["name"])
         marker = "o" if p["kind"] == "book" else "D"
-        if p.get("decode_kmac") is not None:
-            axes[0].scatter(p["decode_kmac"], p["vs_jpeg"], color=color, s=40,
-                            marker=marker)
-            axes[0].annotate(p["label"], (p["decode_kmac"], p["vs_jpeg"]),
-                             xytext=p.get("offset", (5, 4)), textcoords="offset points",
-                             fontsize=7)
-        if p.get("decode_s") is not None:
-            axes[1].scatter(p["decode_s"], p["vs_jpeg"], color=color, s=40,
-                            marker=marker)
-            axes[1].annotate(p["label"], (p["decode_s"], p["vs_jpeg"]),
-                             xytext=p.get("offset", (5, 4)), textcoords="offset points",
-                             fontsize=7)
+        for ax, key in zip(axes, ("decode_kmac", "decode_s"), strict=True):
+            if p.get(key) is None:
+                continue
+            ax.scatter(p[key], p["vs_jpeg"], color=color, s=40, marker=marker)
+            ax.annotate(p["label"], (p[key], p["vs_jpeg"]),
+                        xytext=p.get("offset", (5, 4)), textcoords="offset points",
+                        fontsize=7)
     axes[0].set_xlabel("decode kMAC per pixel (flop_counter)")
     axes[1].set_xlabel("decode s per Kodak image (◆ published, other CPU)")
     axes[0].set_xlim(0, 1.25 * max([p["decode_kmac"] for p in points

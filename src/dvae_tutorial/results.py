@@ -301,13 +301,9 @@ def monitored_photos(val_root: str | Path, count: int = 16) -> list[str]:
     folder, as :func:`~dvae_tutorial.training.center_crops` picks them). None
     was trained on, and no shipped checkpoint was chosen by them (each is the
     last of its run), but a strict test set leaves them out."""
-    import numpy as np
+    from .training import validation_paths
 
-    from .images import image_files
-
-    paths = image_files(val_root)
-    picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
-    return [Path(paths[i]).name for i in picks]
+    return [Path(path).name for path in validation_paths(val_root, count)]
 
 
 def subset_report(report: dict, drop: set[str] | list[str]) -> dict:

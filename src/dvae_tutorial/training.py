@@ -90,6 +90,15 @@ class _KeyedPatches(Dataset):
             return self.dataset[s % len(self.dataset)]
 
 
+def validation_paths(root_or_paths: str | os.PathLike | list, count: int) -> list:
+    """The ``count`` photos of a validation folder (or list) that training
+    validates on: evenly spaced over the sorted files."""
+    paths = (image_files(root_or_paths) if isinstance(root_or_paths, str | os.PathLike)
+             else list(root_or_paths))
+    picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
+    return [paths[i] for i in picks]
+
+
 def center_crops(root_or_paths: str | os.PathLike | list, size: int,
                  count: int) -> Tensor:
     """A fixed validation set: ``count`` centre crops ``(count, 3, size, size)``.
@@ -100,12 +109,9 @@ def center_crops(root_or_paths: str | os.PathLike | list, size: int,
     """
     from torchvision.transforms.v2 import functional as TF
 
-    paths = (image_files(root_or_paths) if isinstance(root_or_paths, str | os.PathLike)
-             else list(root_or_paths))
-    picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
     crops = []
-    for i in picks:
-        x = to_tensor01(load_image(paths[i]))
+    for path in validation_paths(root_or_paths, count):
+        x = to_tensor01(load_image(path))
         if min(x.shape[-2:]) < size:
             x = TF.resize(x, size, antialias=True).clamp(0, 1)
         crops.append(TF.center_crop(x, size))
