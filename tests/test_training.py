@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import torch
 from conftest import SmoothPatches, tiny_model
 from PIL import Image
 
-from dvae_tutorial import training
+from dvae_tutorial import recipes, training
 from dvae_tutorial.checkpoints import lineage
 from dvae_tutorial.cli import main
 from dvae_tutorial.configs import TINY
@@ -254,8 +255,9 @@ def test_dvae_train_init_fine_tunes_and_records_the_lineage(tmp_path, capsys):
     photos = _photos(tmp_path / "photos")
     common = ["--preset", "tiny", "--train-dir", str(photos), "--val-dir",
               str(photos), "--device", "cpu", "--quiet"]
-    assert main(["train", *common, "--steps", "3", "--lmbda", "845",
-                 "--out", str(tmp_path / "base.pt")]) == 0
+    base_argv = ["train", *common, "--steps", "3", "--lmbda", "845", "--lr", "7e-4",
+                 "--seed", "3", "--out", str(tmp_path / "base.pt")]
+    assert main(base_argv) == 0
     assert main(["train", *common, "--steps", "2", "--lmbda", "100", "--lr", "5e-4",
                  "--init", str(tmp_path / "base.pt"), "--out",
                  str(tmp_path / "ft.pt")]) == 0
@@ -266,6 +268,19 @@ def test_dvae_train_init_fine_tunes_and_records_the_lineage(tmp_path, capsys):
     assert parent["step"] == 3
     assert [r["steps"] for r in lineage(ft["recipe"])] == [3, 2]
     assert [r["lmbda"] for r in lineage(ft["recipe"])] == [845, 100]
+    # each run records its preset and command line; the child keeps its
+    # parent's, and its TrainConfig, so the whole chain can be remade
+    assert base["recipe"]["preset"] == "tiny"
+    assert shlex.split(base["recipe"]["command"]) == ["dvae", *base_argv]
+    assert parent["command"] == base["recipe"]["command"]
+    assert parent["train_config"]["lr"] == 7e-4 and parent["train_config"]["seed"] == 3
+    plan = recipes.reproduction_plan([tmp_path / "ft.pt"], out_dir="again")
+    first = plan[0].argv
+    assert [r.parent for r in plan] == [None, 1]
+    assert first[first.index("--preset") + 1] == "tiny"
+    assert first[first.index("--lr") + 1] == "0.0007"
+    assert first[first.index("--seed") + 1] == "3"
+    assert not any("not recorded" in n for r in plan for n in r.notes)
     assert lineage(base["recipe"]) == [{"lmbda": 845, "steps": 3,
                                         "wall_time_s": base["recipe"]["wall_time_s"]}]
     # the fine-tune started from the base's EMA weights, not from a fresh init

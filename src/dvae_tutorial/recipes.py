@@ -5,10 +5,13 @@ Every checkpoint carries its recipe and, through ``dvae train --init``, the
 recipes of the runs before it (:mod:`~dvae_tutorial.checkpoints`);
 :func:`reproduction_plan` turns them into one ``dvae train`` command per run,
 each run once however many shipped models descend from it, parents first.
-What a recipe did not record (an ancestor run's learning rate, an early
-run's precision) is said in the run's ``notes``, never guessed silently.
+What a recipe did not record (an ancestor run's learning rate in the
+shipped files, an early run's precision) is said in the run's ``notes``,
+never guessed silently. Runs made since this edition record their preset,
+their command line and, for an ``--init`` parent, its TrainConfig; the plan
+uses them where they are there.
 
-The architecture of an ancestor run is not stored either; it is derived:
+The architecture of an ancestor run is not stored; it is derived:
 runs joined by an ``--init`` that copied every tensor exactly have the same
 architecture, so a run shares the architecture of any checkpoint file in its
 group (e.g. the narrow models of earlier editions are in the group of
@@ -136,7 +139,8 @@ def _chain(path: Path, ckpt: dict) -> list[dict]:
         prior = prior and not holder
         runs.append({"node": parent, "file": parent.get("file"),
                      "step": parent.get("step"), "widened": bool(parent.get("widened")),
-                     "holder": holder, "train": None, "config": None, "prior": prior})
+                     "holder": holder, "train": parent.get("train_config"),
+                     "config": None, "prior": prior})
         node = parent
     frozen = bool(recipe.get("frozen"))
     for run in runs:
@@ -242,7 +246,8 @@ def reproduction_plan(paths=None, out_dir: str = "runs") -> list[Run]:
 
 def _run(index, entry, config, how, parent, out_dir, preset_name) -> Run:
     node, step = entry["node"], entry["step"]
-    preset = preset_name(config) if config is not None else None
+    preset = node.get("preset") or (preset_name(config) if config is not None
+                                    else None)
     run = Run(index=index, saved_as=entry["file"],
               out=f"{out_dir}/{index:02d}-{entry['file']}", preset=preset,
               config=config, lmbda=node.get("lmbda"), step=step,

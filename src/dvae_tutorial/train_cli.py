@@ -13,6 +13,7 @@ rank 0 prints, writes and exports.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -123,6 +124,7 @@ def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
         trained, data, extra = _prior_stage(model, args, cfg, out, train_root)
         say(f"dvae train: transforms frozen; the prior trains on {len(data)} cached "
             f"latents ({data.crop}×{data.crop} crops)", file=sys.stderr)
+    extra = {**(extra or {}), **_command(args)}
     result = fit(trained, cfg, data, val_root, device=device, checkpoint_path=out,
                  resume=args.resume, progress=not args.quiet,
                  num_workers=args.workers, parent=parent, amp=args.amp,
@@ -235,10 +237,20 @@ def _init_from(model, path: str) -> dict:
     recipe = ckpt.get("recipe", {})
     return {"file": Path(path).name, "step": ckpt["step"], "widened": widened,
             "transforms_file": _transforms_file(ckpt, path),
+            "train_config": ckpt.get("train_config"),
             **{k: recipe.get(k) for k in ("lmbda", "steps", "batch_size", "patch_size",
                                           "device", "world_size", "precision",
                                           "memory_format", "wall_time_s", "git_commit",
-                                          "parent")}}
+                                          "preset", "command", "parent")}}
+
+
+def _command(args: argparse.Namespace) -> dict:
+    """The preset and the command line, for the recipe: with the parent's
+    (kept in its lineage) they say how to remake every run of a model."""
+    fields = {"preset": args.preset}
+    if getattr(args, "argv", None) is not None:
+        fields["command"] = shlex.join(["dvae", *args.argv])
+    return fields
 
 
 def _transforms_file(ckpt: dict, path: Path) -> str:
