@@ -138,43 +138,63 @@ def test_training_history_appendix_is_generated_not_typed():
         assert f"`{info.name}`" in rendered, f"{info.name} is not in the appendix"
 
 
-def _bib_labels() -> set[str]:
-    """"Surname Year" of every first author in references.bib (accents as TeX
-    writes them turned into letters), the way the chapters cite."""
+def _bib_entries() -> dict[str, tuple[str, str | None]]:
+    """Each entry of references.bib: key → (its author–year label as the
+    chapters cite it, "Ballé et al. 2017" / "Kingma & Welling 2014" /
+    "Duan 2022"; its link: the url, else https://doi.org/ + the doi, else
+    None). Accents as TeX writes them become letters."""
     accents = {"\\'e": "é", "\\'a": "á", "\\o": "ø", '\\"o': "ö", '\\"u': "ü"}
-    labels = set()
+    entries = {}
     for entry in re.split(r"\n@", (ROOT / "references.bib").read_text()):
+        key = re.match(r"@?\w+\{([^,]+),", entry.strip())
         author = re.search(r"author\s*=\s*\{(.+?)\},?\s*\n", entry, re.S)
         year = re.search(r"year\s*=\s*\{?(\d{4})", entry)
-        if not (author and year):
+        if not (key and author and year):
             continue
-        first = re.split(r"\s+and\s+", author.group(1))[0].replace("{", "").replace("}", "")
-        for tex, letter in accents.items():
-            first = first.replace(tex, letter)
-        surname = first.split(",")[0] if "," in first else first.split()[-1]
-        labels.add(f"{surname.strip()} {year.group(1)}")
-    return labels
+        names = []
+        for name in re.split(r"\s+and\s+", author.group(1)):
+            name = name.replace("{", "").replace("}", "")
+            for tex, letter in accents.items():
+                name = name.replace(tex, letter)
+            names.append((name.split(",")[0] if "," in name else name.split()[-1]).strip())
+        who = (names[0] if len(names) == 1 else " & ".join(names) if len(names) == 2
+               else f"{names[0]} et al.")
+        url = re.search(r"\burl\s*=\s*\{([^}]+)\}", entry)
+        doi = re.search(r"\bdoi\s*=\s*\{([^}]+)\}", entry)
+        link = url.group(1) if url else f"https://doi.org/{doi.group(1)}" if doi else None
+        entries[key.group(1)] = (f"{who} {year.group(1)}", link)
+    return entries
+
+
+#: A citation's text: surnames and a year ("Ballé et al. 2017").
+_CITATION = re.compile(r"\[([^\]\[$]*?\b(?:1[89]|20)\d\d)\]\(([^)\s]+)\)")
 
 
 def test_every_citation_is_readable_and_in_the_bibliography():
-    """Chapters cite as ``[Surname et al. Year](bibliography.md)`` — plain
+    """Chapters cite as ``[Surname et al. Year](link to the work)`` — plain
     Markdown that Colab renders too (a ``{cite}`` role shows as raw text
-    there) — and every cited work is an entry of references.bib (the
-    bibliography page lists them all)."""
-    labels = _bib_labels()
-    pages = [*NOTEBOOKS, *(ROOT / "book").glob("*.md")]
+    there, and a link to bibliography.md leads nowhere in Colab): the text
+    is the label of an entry of references.bib and the link is that
+    entry's url or doi; a work with neither (a talk) is cited in plain
+    text. The bibliography page lists every entry."""
+    entries = _bib_entries()
+    by_link = {link: label for label, link in entries.values() if link}
+    labels = {label for label, _ in entries.values()}
     cited = set()
-    for page in pages:
-        text = page.read_text()
-        if page.suffix == ".ipynb":
-            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"]
-                             if c["cell_type"] == "markdown")
+    for page in NOTEBOOKS:
+        text = "\n".join("".join(c["source"]) for c in json.loads(page.read_text())["cells"]
+                         if c["cell_type"] == "markdown")
         assert "{cite" not in text, f"{page.name}: a Sphinx-only {{cite}} role"
-        for group in re.findall(r"\[([^\]\[$]+)\]\(bibliography\.md\)", text):
-            for one in group.split("; "):
-                cited.add(re.sub(r"\s+(et al\.|& [^\d;]+?)(?= \d{4})", "", one))  # & van Camp
-    assert cited, "no citations found"
-    assert cited <= labels, f"not in references.bib: {sorted(cited - labels)}"
+        assert "](bibliography.md" not in text, f"{page.name}: a link dead in Colab"
+        for label, link in _CITATION.findall(text):
+            if not link.startswith("http"):
+                continue  # "[chapter 5 (2026)](05_….ipynb)" and the like
+            assert by_link.get(link) == label, f"{page.name}: [{label}]({link})"
+            cited.add(label)
+    for page in (ROOT / "book").glob("*.md"):  # pages read in the HTML only
+        for group in re.findall(r"\[([^\]\[$]+)\]\(bibliography\.md\)", page.read_text()):
+            assert set(group.split("; ")) <= labels, f"{page.name}: {group}"
+    assert len(cited) > 30, "citations not found"
     assert ":all:" in (ROOT / "book" / "bibliography.md").read_text()
 
 
