@@ -152,7 +152,7 @@ class VariableRateVAE(tiling.TiledTransforms, nn.Module):
         lo, hi = self.lmbda_range
         if not (isinstance(lmbda, int | float) and lo <= lmbda <= hi):
             raise DVAEError(f"λ = {lmbda} is outside this variable-rate model's range "
-                            f"{lo:g} … {hi:g}; pick --lmbda in it")
+                            f"{lo:g} … {hi:g}; choose a λ in it")
         return float(lmbda)
 
     def rate_parameters(self, lmbda: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
