@@ -390,6 +390,12 @@ def test_autocast_is_bf16_on_a_cuda_gpu_that_has_it_and_never_on_cpu(monkeypatch
     assert training.autocast_dtype(torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert training.autocast_dtype(cuda) is None  # float16 would need a GradScaler
+    # a T4 (Colab) emulates bfloat16, slower than float32: auto does not pick it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    assert training.autocast_dtype(cuda) is None
+    with pytest.raises(DVAEError, match="no bfloat16"):
+        training.autocast_dtype(cuda, "bf16")
     result = fit(tiny_model(), dataclasses.replace(CFG, steps=1), SmoothPatches(),
                  device="cpu", progress=False)
     assert result.recipe["precision"] == "fp32" and result.recipe["world_size"] == 1

@@ -32,6 +32,16 @@ SHIPPED_KEYS = ("version", "family", "config_type", "model_config", "train_confi
                 "step", "history", "recipe", "shared")
 
 
+def _cpu_name(threads: int) -> str:
+    return f"cpu {platform.machine()}, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def device_label(recorded: str | None) -> str | None:
+    """A recipe's ``device`` for a table: recipes written before the plural
+    was right say "1 threads"."""
+    return None if recorded is None else recorded.replace(", 1 threads", ", 1 thread")
+
+
 def make_recipe(cfg: TrainConfig, train_data, val_data, val_root, device) -> dict:
     """How the model was made: what a results table or model card needs."""
     paths = [str(p) for p in getattr(train_data, "paths", [])]
@@ -48,7 +58,7 @@ def make_recipe(cfg: TrainConfig, train_data, val_data, val_root, device) -> dic
         "train_images": len(paths) if paths else len(train_data),
         "val_data": val_root, "val_images": 0 if val_data is None else len(val_data),
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"cpu {platform.machine()}, {torch.get_num_threads()} threads"),
+                   else _cpu_name(torch.get_num_threads())),
         "torch_version": str(torch.__version__), "package_version": __version__,
         "git_commit": commit,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -318,7 +328,7 @@ def _runs(name: str, ckpt: dict) -> list[dict]:
             "file": saved_as, "step": step if step is not None else node.get("steps"),
             "steps": node.get("steps"), "lmbda": node.get("lmbda"),
             "batch_size": node.get("batch_size"), "patch_size": node.get("patch_size"),
-            "device": node.get("device"), "precision": node.get("precision"),
+            "device": device_label(node.get("device")), "precision": node.get("precision"),
             "memory_format": node.get("memory_format"),
             "wall_time_s": node.get("wall_time_s"), "git_commit": node.get("git_commit"),
             "init": None if parent is None else (parent.get("file"), parent.get("step")),
@@ -391,7 +401,8 @@ def training_history(paths=None) -> list[dict]:
                             is not None else None),
             "precision": recipe.get("precision"),
             "memory_format": recipe.get("memory_format"),
-            "device": recipe.get("device"), "wall_time_s": recipe.get("wall_time_s"),
+            "device": device_label(recipe.get("device")),
+            "wall_time_s": recipe.get("wall_time_s"),
             "train_images": recipe.get("train_images"), "date": recipe.get("date"),
             "git_commit": recipe.get("git_commit"), "file_bytes": path.stat().st_size,
             "runs": runs, "total_steps": sum(r["step"] or 0 for r in runs),

@@ -19,6 +19,8 @@ from .errors import DVAEError, one_line
 
 #: Exit status when standard output is closed: 128 + SIGPIPE.
 BROKEN_PIPE_STATUS = 141
+#: Exit status after Ctrl-C: 128 + SIGINT, as shells report it.
+INTERRUPTED_STATUS = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +88,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_STATUS
 
 
 def _silence_stdout() -> None:

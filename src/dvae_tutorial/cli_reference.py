@@ -97,8 +97,8 @@ def _value(action: argparse.Action, prog: str) -> str:
 
 
 def _default(action: argparse.Action) -> str:
-    if action.required:
-        return "required"
+    if action.required and action.nargs not in ("*", "?"):
+        return "required"  # (argparse marks a positional of nargs "*" required)
     if action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
         return ""
     if isinstance(action.default, list) and not action.default:

@@ -192,7 +192,8 @@ def _max_pixels(args: argparse.Namespace) -> int:
 def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``models``, ``compress``, ``decompress`` and ``evaluate``."""
     p = sub.add_parser("models", help="list the shipped models: NAME FAMILY LMBDA")
-    p.add_argument("--family", choices=sorted(FAMILIES))
+    p.add_argument("--family", choices=sorted(FAMILIES),
+                   help="list only the models of this family")
     p.add_argument("--cost", action="store_true", help="add columns PARAMS, MB "
                    "(checkpoint files, with the transforms a prior shares), and "
                    "thousands of multiply-accumulates per pixel to encode and to "
@@ -204,21 +205,23 @@ def add_codec_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="compress images to .dvae files",
                        description="Compress PNG/JPEG images (RGB, gray, RGBA, "
                        "16-bit; up to --max-pixels) to DIR/<stem>.dvae with a shipped model.")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to compress")
     p.add_argument("--model", required=True, help="a name from `dvae models`")
     p.add_argument("--lmbda", type=float, metavar="L",
                    help="variable-rate models: the λ to code at, inside the "
                    "model's range (`dvae models` prints it); recorded in the "
                    "file, so decompress needs no flag")
-    p.add_argument("--out-dir", required=True, metavar="DIR")
+    p.add_argument("--out-dir", required=True, metavar="DIR",
+                   help="folder for the .dvae files (created if missing)")
     _add_output_options(p)
     p.set_defaults(func=_cli_compress)
 
     p = sub.add_parser("decompress", help="decompress .dvae files to PNG",
                        description="Decode .dvae files to DIR/<stem>.png; the "
                        "model is read from each file's header.")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--out-dir", required=True, metavar="DIR")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".dvae files to decode")
+    p.add_argument("--out-dir", required=True, metavar="DIR",
+                   help="folder for the .png files (created if missing)")
     p.add_argument("--layers", type=int, metavar="K",
                    help="progressive decoding (hierarchical models): decode only "
                    "the first K latent layers, the rest at their prior means")

@@ -245,6 +245,8 @@ def reproduction_plan(paths=None, out_dir: str = "runs") -> list[Run]:
 
 
 def _run(index, entry, config, how, parent, out_dir, preset_name) -> Run:
+    from .checkpoints import device_label
+
     node, step = entry["node"], entry["step"]
     preset = node.get("preset") or (preset_name(config) if config is not None
                                     else None)
@@ -254,7 +256,7 @@ def _run(index, entry, config, how, parent, out_dir, preset_name) -> Run:
               steps=node.get("steps", step), batch_size=node.get("batch_size"),
               patch_size=node.get("patch_size"),
               parent=None if parent is None else parent.index,
-              wall_time_s=node.get("wall_time_s") or 0.0, device=node.get("device"),
+              wall_time_s=node.get("wall_time_s") or 0.0, device=device_label(node.get("device")),
               precision=node.get("precision"))
     notes = [how] if how else []
     world = node.get("world_size") or 1

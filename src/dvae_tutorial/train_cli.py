@@ -46,7 +46,7 @@ hierarchical models over a single-layer one (hier3, hier12), in two stages:
 one model for every rate (variable-rate, chapter 8): fine-tune a factorized
   single-layer model with per-channel gains learned at λ = 100, 300, 845,
   2500, 5000 (each patch's λ drawn anew; --lmbda is only the validation λ):
-  dvae train --preset variable-rate --init single-845 --amp bf16 \
+  dvae train --preset variable-rate --init single-845 --amp bf16 \\
       --channels-last --out runs/vr/vr.pt --export runs/vr/single-vr.pt
   then dvae compress --model single-vr --lmbda L (any L in 100 ... 5000).
 

@@ -140,6 +140,16 @@ def validate(model: SingleLayerVAE, images: Tensor, lmbda: float,
             "loss": bpp_ + lmbda * mse_}
 
 
+def _native_bf16() -> bool:
+    """Whether this GPU computes in bfloat16 natively. torch's check counts
+    emulation by default, and an emulated bfloat16 (a Colab T4) is slower
+    than float32."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # an older torch: no such argument, no emulation counted
+        return torch.cuda.is_bf16_supported()
+
+
 def autocast_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype | None:
     """The dtype :func:`fit` runs the forward in under autocast, or ``None`` (float32).
 
@@ -155,7 +165,7 @@ def autocast_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype 
     mode = {True: "auto", False: "off"}.get(amp, amp)
     if mode not in AMP_MODES:
         raise DVAEError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
-    bf16_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16_gpu = device.type == "cuda" and _native_bf16()
     if mode == "bf16" and device.type == "cuda" and not bf16_gpu:
         raise DVAEError("amp 'bf16' was asked for, but this GPU has no bfloat16")
     if mode == "bf16" or (mode == "auto" and bf16_gpu):
@@ -290,7 +300,8 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
     val_root = str(val_data) if isinstance(val_data, str | os.PathLike) else None
     if val_root:
         val_data = center_crops(val_root, cfg.val_crop, cfg.val_images)
-    workers = (0 if device.type == "cpu" else 6) if num_workers is None else num_workers
+    workers = ((0 if device.type == "cpu" else min(6, os.cpu_count() or 1))
+               if num_workers is None else num_workers)  # Colab: 2 vCPUs
     loader = DataLoader(_KeyedPatches(train_data, cfg.seed), num_workers=workers,
                         batch_sampler=([(t, i) for i in slots]
                                        for t in range(ckpt["step"], cfg.steps)),
