@@ -223,6 +223,8 @@ def test_the_commands_parse_and_say_what_the_recipes_say(plan):
             run.lmbda, run.steps, run.batch_size, run.patch_size)
         assert args.amp == ("bf16" if run.precision == "bf16-autocast" else "off")
         assert args.freeze_transforms == (run.preset in ("hier3", "hier12"))
+        # a run recorded as stopped early stops there, its lr over the planned length
+        assert args.stop_at == (run.step if run.step < run.steps else None)
     by_name = {r.saved_as: r for r in plan}
     # single-845's last run: the wide preset, its recorded lr and seed
     last = [r for r in plan if "single-845" in r.models][-1]

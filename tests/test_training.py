@@ -91,6 +91,26 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert result.history["train"] == expected.history["train"]
 
 
+def test_stop_at_then_resume_is_the_uninterrupted_run(tmp_path):
+    """``stop_at`` stops a run on purpose (as the shipped lineages' early
+    runs were): checkpointed at that step with the learning rate of the full
+    length, and ``resume`` continues it bit for bit."""
+    data, path = SmoothPatches(), tmp_path / "run.pt"
+    val = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    straight = tiny_model()
+    expected = fit(straight, CFG, data, val, progress=False)
+    stopped = fit(tiny_model(), CFG, data, val, checkpoint_path=path, progress=False,
+                  stop_at=5)
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 5 and ckpt["train_config"]["steps"] == CFG.steps
+    assert stopped.history["val"][-1]["step"] == 5  # validated where it stopped
+    assert all(r["lr"] == CFG.lr_at(r["step"] - 1) for r in ckpt["history"]["train"])
+    resumed = tiny_model(seed=123)
+    fit(resumed, CFG, data, val, checkpoint_path=path, progress=False)
+    assert _same_state(resumed.state_dict(), straight.state_dict())
+    assert _same_state(load_checkpoint(path)["ema"], expected.ema.state_dict())
+
+
 def test_resume_may_change_the_number_of_steps_only(tmp_path):
     data, path = SmoothPatches(), tmp_path / "run.pt"
     parent = {"file": "base.pt", "step": 3, "lmbda": 845.0, "steps": 3}

@@ -297,10 +297,10 @@ def _run(index, entry, config, how, parent, out_dir, preset_name) -> Run:
             notes.append("precision not recorded: float32 (before --amp existed)")
     if node.get("memory_format") == "channels_last":
         argv.append("--channels-last")
-    argv += ["--out", run.out]
     if step is not None and run.steps is not None and step < run.steps:
-        notes.append(f"stopped after {step:,} of {run.steps:,} steps: interrupt it "
-                     "there (the learning rate follows the planned length)")
+        # a run stopped early: its learning rate followed the planned length
+        argv += ["--stop-at", str(step)]
+    argv += ["--out", run.out]
     run.argv, run.notes = argv, notes
     return run
 

@@ -128,7 +128,8 @@ def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
     result = fit(trained, cfg, data, val_root, device=device, checkpoint_path=out,
                  resume=args.resume, progress=not args.quiet,
                  num_workers=args.workers, parent=parent, amp=args.amp,
-                 channels_last=args.channels_last, extra_recipe=extra)
+                 channels_last=args.channels_last, extra_recipe=extra,
+                 stop_at=args.stop_at)
     if rank > 0:
         return 0
     size = out.stat().st_size
@@ -140,7 +141,9 @@ def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
         else "no validation"
     seconds = result.recipe.get("wall_time_s", 0.0)
     took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-    print(f"trained {args.preset} λ={cfg.lmbda:g}: {cfg.steps} steps "
+    done = cfg.steps if args.stop_at is None else min(args.stop_at, cfg.steps)
+    steps = f"{done} steps" if done == cfg.steps else f"{done} of {cfg.steps} steps"
+    print(f"trained {args.preset} λ={cfg.lmbda:g}: {steps} "
           f"({result.skipped} skipped) in {took} on {where}, "
           f"{result.recipe['precision']}; {scores}; "
           f"wrote {args.export or out} ({size / 1e6:.1f} MB)")
@@ -296,6 +299,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                         help="data-loading processes (default 0 on CPU, 6 on GPU)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run saved in --out")
+    parser.add_argument("--stop-at", type=_positive_int, metavar="STEP",
+                        help="stop after this step, the learning rate still "
+                        "following --steps (--resume continues the run)")
     parser.add_argument("--export", metavar="PATH",
                         help="also write the EMA weights in float16 (a small file "
                         "to ship)")

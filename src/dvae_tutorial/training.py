@@ -228,7 +228,8 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
         checkpoint_path: str | os.PathLike | None = None, resume: bool = True,
         progress: bool = True, num_workers: int | None = None,
         parent: dict | None = None, amp: bool | str = True,
-        channels_last: bool = False, extra_recipe: dict | None = None) -> FitResult:
+        channels_last: bool = False, extra_recipe: dict | None = None,
+        stop_at: int | None = None) -> FitResult:
     """Train ``model`` in place on ``loss = mean(bpp + lmbda * mse)``.
 
     Adam with :meth:`TrainConfig.lr_at`, gradients clipped to ``grad_clip``;
@@ -259,6 +260,9 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
             float rounding). Recorded in the recipe.
         extra_recipe: more fields for the recipe (e.g. which parts were
             frozen).
+        stop_at: stop after this step (validated and checkpointed there),
+            the learning rate still following ``train_cfg.steps``: a run
+            interrupted on purpose, which ``resume`` can continue.
 
     In a process group of size > 1 (``torchrun``) it trains data-parallel:
     ``train_cfg.batch_size`` (divisible by the size) is split over the
@@ -302,9 +306,10 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
         val_data = center_crops(val_root, cfg.val_crop, cfg.val_images)
     workers = ((0 if device.type == "cpu" else min(6, os.cpu_count() or 1))
                if num_workers is None else num_workers)  # Colab: 2 vCPUs
+    end = cfg.steps if stop_at is None else max(ckpt["step"], min(stop_at, cfg.steps))
     loader = DataLoader(_KeyedPatches(train_data, cfg.seed), num_workers=workers,
                         batch_sampler=([(t, i) for i in slots]
-                                       for t in range(ckpt["step"], cfg.steps)),
+                                       for t in range(ckpt["step"], end)),
                         pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))
     bar = tqdm(total=cfg.steps, initial=ckpt["step"],
@@ -322,7 +327,7 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
         recipe["parent"] = parent
     started, sums = time.perf_counter(), np.zeros(5)  # loss, bpp, mse, norm, count
     streak = 0  # skipped steps in a row
-    for step, x in zip(range(ckpt["step"], cfg.steps), loader, strict=True):
+    for step, x in zip(range(ckpt["step"], end), loader, strict=True):
         x = x.to(device, non_blocking=True, memory_format=fmt)
         stats = train_step(net, optimizer, x, cfg, step, amp_dtype)
         if stats is not None:
@@ -337,14 +342,14 @@ def fit(model: SingleLayerVAE, train_cfg: TrainConfig, train_data: Dataset,
                             "grad_skip, and restart (or resume) the run")
         ckpt["step"] = done = step + 1
         bar.update()
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if done % cfg.log_every == 0 or done == end:
             row = dict(zip(("loss", "bpp", "mse", "grad_norm"),
                            (sums[:4] / max(sums[4], 1)).tolist(), strict=True))
             ckpt["history"]["train"].append({"step": done, **row, "lr": cfg.lr_at(step),
                                              "skipped": ckpt["skipped"]})
             bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}")
             sums[:] = 0
-        if done % cfg.val_every == 0 or done == cfg.steps:
+        if done % cfg.val_every == 0 or done == end:
             if val_data is not None and where.rank == 0:
                 # a model trained on something else than images (the prior on
                 # cached latents) validates through the full model it is part of
