@@ -6,6 +6,7 @@
 * ``dvae figures`` on chapter 4 (CI mode, about half a minute) writes one
   SVG and one PDF per figure the committed chapter shows, under the names of
   the functions that drew them;
+* ``dvae handout`` leaves out exactly the solution blocks;
 * timings are read from nbclient's cell metadata, and the syllabus's table
   is the one those timings give (``dvae syllabus --write`` regenerates it).
 """
@@ -136,3 +137,35 @@ def test_the_syllabus_table_is_the_one_the_chapters_give():
         kit.update_syllabus(page, kit.chapters(ROOT / "book"), check=True)
     except Exception as err:  # a stale table: say how to fix it
         pytest.fail(f"{err} (from the repository root)")
+
+
+def test_a_handout_leaves_out_every_solution_and_nothing_else(tmp_path, capsys):
+    """``dvae handout``: each chapter's copy has its exercises but none of the
+    solution blocks; the chapter is unchanged; the book's own folder and a
+    broken block are refused in one line."""
+    chapter = ROOT / "book" / "07_results.ipynb"
+    before = chapter.read_bytes()
+    assert main(["handout", str(chapter), "--out", str(tmp_path / "h")]) == 0
+    assert chapter.read_bytes() == before
+    text = lambda nb: "".join(  # noqa: E731
+        "".join(c["source"]) for c in json.loads(nb.read_text())["cells"]
+        if c["cell_type"] == "markdown")
+    solutions = text(chapter).count("<details><summary>Solution</summary>")
+    copy = text(tmp_path / "h" / chapter.name)
+    assert solutions >= 3 and "<details>" not in copy and "</details>" not in copy
+    assert copy.count(kit.SOLUTION_REMOVED.strip()) == solutions
+    assert "## Exercises" in copy
+    assert f"{solutions} solutions left out" in capsys.readouterr().out
+    # everything but the solutions is kept: put them back and compare
+    blocks = kit.SOLUTION.findall(text(chapter))
+    restored = copy
+    for block in blocks:
+        restored = restored.replace(kit.SOLUTION_REMOVED, block, 1)
+    assert restored == text(chapter)
+    assert main(["handout", str(chapter), "--out", str(chapter.parent)]) == 2
+    assert "would overwrite" in capsys.readouterr().err
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source":
+                                             "<details><summary>Solution</summary>x"}]}))
+    assert main(["handout", str(broken), "--out", str(tmp_path / "h")]) == 2
+    assert "without </details>" in capsys.readouterr().err

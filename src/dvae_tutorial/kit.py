@@ -1,6 +1,6 @@
-"""The lecturer's kit: every figure as SVG and PDF, and what each chapter costs.
+"""The lecturer's kit: figures as SVG and PDF, handouts, what each chapter costs.
 
-Backs ``dvae figures`` and ``dvae syllabus`` (the decks are
+Backs ``dvae figures``, ``dvae handout`` and ``dvae syllabus`` (the decks are
 :mod:`dvae_tutorial.slides`) and the appendix *Syllabus* (``book/syllabus.md``).
 
 * :func:`export_chapter_figures` runs chapters with nbclient — in CI mode
@@ -12,6 +12,9 @@ Backs ``dvae figures`` and ``dvae syllabus`` (the decks are
   chapter in CI mode and records the same; :func:`syllabus_table` renders both
   as the Markdown table of the syllabus, which :func:`update_syllabus` writes
   between two markers (a test checks the page and the notebooks agree).
+* :func:`handout` writes a copy of a chapter without its exercises'
+  solutions (the ``<details><summary>Solution</summary>`` blocks), for
+  setting them as homework; the chapter itself is not changed.
 """
 
 from __future__ import annotations
@@ -36,6 +39,43 @@ TABLE_END = "<!-- end of timings -->"
 CI_TIMINGS = "syllabus_timings.json"
 #: A run this short (seconds) can happen in front of the class.
 LIVE_SECONDS = 180.0
+#: An exercise's solution in a chapter's Markdown, as the chapters write it.
+SOLUTION = re.compile(r"<details><summary>Solution</summary>.*?</details>\n?", re.S)
+#: What a handout shows where a solution was.
+SOLUTION_REMOVED = "*(The solution is not in this copy.)*\n"
+
+
+def handout(notebook: Path, out_dir: Path) -> tuple[Path, int]:
+    """Write ``out_dir/<notebook's name>`` without the exercises' solutions;
+    return the file and how many solutions it left out.
+
+    Raises:
+        DVAEError: ``out_dir`` is the notebook's own folder (it would be
+            overwritten), or a solution block is not closed.
+    """
+    notebook, out_dir = Path(notebook), Path(out_dir)
+    if out_dir.resolve() == notebook.resolve().parent:
+        raise DVAEError(f"--out {out_dir} is the chapters' own folder; the handout "
+                        "would overwrite them")
+    try:
+        nb = json.loads(notebook.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DVAEError(f"{notebook}: not a notebook ({err})") from None
+    removed = 0
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "markdown":
+            continue
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) \
+            else cell["source"]
+        text, n = SOLUTION.subn(SOLUTION_REMOVED, text)
+        if "<details><summary>Solution</summary>" in text:
+            raise DVAEError(f"{notebook}: a solution block without </details>")
+        removed += n
+        cell["source"] = text
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / notebook.name
+    target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return target, removed
 
 
 def chapters(book: Path = Path("book")) -> list[Path]:

@@ -1,4 +1,5 @@
-"""``dvae slides``, ``dvae figures``, ``dvae syllabus``: the lecturer's kit.
+"""``dvae slides``, ``dvae figures``, ``dvae handout``, ``dvae syllabus``: the
+lecturer's kit.
 
 Thin layers over :mod:`dvae_tutorial.slides` and :mod:`dvae_tutorial.kit`;
 run from the repository root (the default notebooks are ``book/*.ipynb``).
@@ -10,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from . import kit, slides
+from .errors import DVAEError
 
 
 def add_kit_parsers(sub) -> None:
@@ -26,6 +28,17 @@ def add_kit_parsers(sub) -> None:
     f.add_argument("--full", action="store_true",
                    help="the full run (the committed outputs' mode), not CI mode")
     f.set_defaults(func=_cmd_figures)
+
+    h = sub.add_parser(
+        "handout", help="copies of the chapters without the exercises' solutions",
+        description="Write each notebook to --out with its exercises' solutions "
+                    "(the <details> blocks) left out, for homework. The chapters "
+                    "are not changed.")
+    h.add_argument("notebooks", nargs="*", type=Path,
+                   help="default: the chapters, book/[0-9]*.ipynb")
+    h.add_argument("--out", type=Path, default=Path("_build/handout"),
+                   help="default: %(default)s")
+    h.set_defaults(func=_cmd_handout)
 
     s = sub.add_parser(
         "syllabus", help="the syllabus's timing table, from the executed chapters",
@@ -51,6 +64,16 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     for path in files:
         print(path)
     print(f"{len(files)} files from {len(notebooks)} notebooks in {args.out}")
+    return 0
+
+
+def _cmd_handout(args: argparse.Namespace) -> int:
+    notebooks = args.notebooks or kit.chapters()
+    for notebook in notebooks:
+        if not Path(notebook).is_file():
+            raise DVAEError(f"{notebook}: no such notebook")
+        target, removed = kit.handout(notebook, args.out)
+        print(f"{target}: {removed} solution{'s' if removed != 1 else ''} left out")
     return 0
 
 
