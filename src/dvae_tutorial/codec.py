@@ -194,7 +194,7 @@ def check_lmbda(name: str, lmbda: float | None) -> float:
     if info.lmbda_range is None:
         if lmbda is not None and lmbda != info.lmbda:
             raise DVAEError(f"{_quote(name)} codes at λ = {info.lmbda:g} only; "
-                            "--lmbda needs a variable-rate model (`dvae models`)")
+                            "another λ needs a variable-rate model (`dvae models`)")
         return 0.0
     lo, hi = info.lmbda_range
     if lmbda is None or not (math.isfinite(lmbda) and lo <= lmbda <= hi):
@@ -292,10 +292,10 @@ def compress(image: np.ndarray, model: str | torch.nn.Module,
     if isinstance(model, str):
         path = _shipped_path(model)
         model_obj, info = load_shipped(model), _info(path)
-        if info.lmbda_range is None and lmbda not in (0, info.lmbda):
-            raise DVAEError(f"{_quote(model)} codes at λ = {info.lmbda:g} only; "
-                            "another λ needs a variable-rate model (`dvae models`)")
-        name, lmbda = model, (lmbda if info.lmbda_range else info.lmbda)
+        if info.lmbda_range is None:  # a fixed-rate model: no λ, or its own
+            check_lmbda(model, lmbda or None)
+            lmbda = info.lmbda
+        name = model
     else:
         model_obj = model
         if not name:
@@ -427,13 +427,8 @@ def _header_model(header: bitstream.Header,
                               "which this installation does not ship "
                               f"({_shipped_names()})") from None
         info = _info(_shipped_path(header.model))
-        if info.lmbda_range is not None:  # variable-rate: any λ of its range
-            lo, hi = info.lmbda_range
-            if not lo <= header.lmbda <= hi:
-                raise CodingError(f"the header's λ = {header.lmbda:g} is outside "
-                                  f"model {_quote(header.model)}'s range {lo:g} … "
-                                  f"{hi:g}; the file is corrupt")
-        elif header.lmbda != _float32(info.lmbda):
+        # (a variable-rate model's range is checked below, given or shipped)
+        if info.lmbda_range is None and header.lmbda != _float32(info.lmbda):
             raise CodingError(f"the header's λ = {header.lmbda:g} is not model "
                               f"{_quote(header.model)}'s ({info.lmbda:g}); the file is "
                               "corrupt")
@@ -450,7 +445,8 @@ def _header_model(header: bitstream.Header,
         lo, hi = model.lmbda_range
         if not lo <= header.lmbda <= hi:
             raise CodingError(f"the header's λ = {header.lmbda:g} is outside model "
-                              f"{_quote(header.model)}'s range {lo:g} … {hi:g}")
+                              f"{_quote(header.model)}'s range {lo:g} … {hi:g}; the "
+                              "file is corrupt")
     size = (header.height, header.width)
     expected = tuple(tuple(s) for s in model.stream_shapes(size))
     if header.shapes != expected:

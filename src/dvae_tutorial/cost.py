@@ -118,16 +118,15 @@ def _passes(model: nn.Module, synthesis: Callable) -> tuple[Callable, Callable]:
             mean, _ = model.prior_parameters(y_shape, z_hat)
             synthesis(model.g_s, mean)
     elif isinstance(model, VariableRateVAE):  # at its validation λ (any costs alike)
+        with torch.no_grad():
+            gain, inverse, mean, _ = model.rate_parameters(
+                torch.full((1,), model.middle_lmbda))
+
         def encode(x):
-            y = model.g_a(x)
-            gain, _, mean, _ = model.rate_parameters(torch.full((1,),
-                                                                model.middle_lmbda))
-            quantize(y * gain, mean)
+            quantize(model.g_a(x) * gain, mean)
 
         def decode(x):
             y_shape = model.stream_shapes(tuple(x.shape[-2:]))[0]
-            _, inverse, mean, _ = model.rate_parameters(torch.full(
-                (1,), model.middle_lmbda))
             synthesis(model.g_s, mean.expand(y_shape) * inverse)
     elif isinstance(model, HierarchicalVAE):
         def encode(x):

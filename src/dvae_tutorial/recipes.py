@@ -34,6 +34,7 @@ from .configs import (
     PRESETS,
     VARIABLE_RATE_PRESETS,
     HierarchicalPriorConfig,
+    VariableRateConfig,
 )
 from .configs import ModelConfig as _ModelConfig
 
@@ -124,13 +125,14 @@ def _chain(path: Path, ckpt: dict) -> list[dict]:
 
     recipe = ckpt.get("recipe") or {}
     shared = (ckpt.get("shared") or {}).get("file")
-    prior = isinstance(model_config(ckpt), HierarchicalPriorConfig)
+    config = model_config(ckpt)
+    prior = isinstance(config, HierarchicalPriorConfig)
     # a variable-rate model starts from a single-layer model's transforms: its
     # parent is a holder of them, not an exact --init of the same architecture
-    variable = type(model_config(ckpt)).__name__ == "VariableRateConfig"
+    variable = isinstance(config, VariableRateConfig)
     runs = [{"node": recipe, "file": path.name, "step": ckpt.get("step"),
              "widened": False, "holder": False, "train": ckpt.get("train_config"),
-             "config": model_config(ckpt), "prior": prior}]
+             "config": config, "prior": prior}]
     node = recipe
     while node.get("parent"):
         parent = node["parent"]
@@ -256,8 +258,8 @@ def _run(index, entry, config, how, parent, out_dir, preset_name) -> Run:
               steps=node.get("steps", step), batch_size=node.get("batch_size"),
               patch_size=node.get("patch_size"),
               parent=None if parent is None else parent.index,
-              wall_time_s=node.get("wall_time_s") or 0.0, device=device_label(node.get("device")),
-              precision=node.get("precision"))
+              wall_time_s=node.get("wall_time_s") or 0.0,
+              device=device_label(node.get("device")), precision=node.get("precision"))
     notes = [how] if how else []
     world = node.get("world_size") or 1
     argv = (["torchrun", "--nproc_per_node", str(world), "-m", "dvae_tutorial.cli"]

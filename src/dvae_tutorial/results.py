@@ -65,8 +65,8 @@ NAMES = {"single": "single-layer (book)", "hier3": "3-layer prior (book)",
 
 
 def load_report(name: str) -> dict:
-    """A committed ``dvae evaluate --json`` report (``"kodak"`` or
-    ``"bsds500_val"``), or a path to one."""
+    """A committed ``dvae evaluate --json`` report (a name of :data:`SETS`),
+    or a path to one."""
     path = Path(name) if name not in SETS else MEASURED / SETS[name]
     if not path.is_file():
         raise DVAEError(f"no measurement {name!r}: expected {path} "

@@ -141,7 +141,7 @@ def _train(args: argparse.Namespace, preset, cfg, out: Path, device) -> int:
         else "no validation"
     seconds = result.recipe.get("wall_time_s", 0.0)
     took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-    done = cfg.steps if args.stop_at is None else min(args.stop_at, cfg.steps)
+    done = result.history["train"][-1]["step"] if result.history["train"] else 0
     steps = f"{done} steps" if done == cfg.steps else f"{done} of {cfg.steps} steps"
     print(f"trained {args.preset} λ={cfg.lmbda:g}: {steps} "
           f"({result.skipped} skipped) in {took} on {where}, "

@@ -12,7 +12,6 @@ follow the book's style (:mod:`dvae_tutorial.plotting`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -32,10 +31,10 @@ SHIP_THRESHOLD_PERCENT = 3.0
 
 
 def _report(report: dict | str | os.PathLike) -> dict:
-    if isinstance(report, dict):
-        return report
-    with open(report, encoding="utf-8") as file:
-        return json.load(file)
+    """A report given as a dict, a committed set's name or a JSON file."""
+    from .results import load_report
+
+    return report if isinstance(report, dict) else load_report(str(report))
 
 
 def _series(report: dict, series: str) -> dict[str, list]:
